@@ -1,0 +1,1 @@
+"""murag package."""

@@ -1,0 +1,1 @@
+"""ra_cm3 package."""
