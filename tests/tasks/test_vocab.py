@@ -1,0 +1,108 @@
+"""The vocabulary factory and the offline SentencePiece model trained from the world."""
+import json
+import os
+
+import gin
+import pytest
+import seqio
+import sentencepiece as spm
+
+from tasks import synthetic_world as sw
+from tasks import vocab
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory):
+  small = str(tmp_path_factory.mktemp("small"))
+  medium = str(tmp_path_factory.mktemp("medium"))
+  sw.generate_world(small, "small", seed=2)
+  sw.generate_world(medium, "medium", seed=2, formats_to_write="webqa,mmqa,paq,vqa")
+  return small, medium
+
+
+def _answers(world_dir):
+  with open(os.path.join(world_dir, "webqa", "WebQA_train_val.json")) as f:
+    out = {a.strip('"') for r in json.load(f).values() for a in r["A"]}
+  with open(os.path.join(world_dir, "paq", "PAQ.jsonl")) as f:
+    out |= {a for r in map(json.loads, f) for a in r["answer"]}
+  return sorted(out)
+
+
+def test_offline_vocabulary_is_deterministic_and_t5_shaped(worlds, tmp_path):
+  small, _ = worlds
+  a = vocab.build_offline_vocabulary(small, str(tmp_path / "a" / "spm.model"))
+  b = vocab.build_offline_vocabulary(small, str(tmp_path / "b" / "spm.model"))
+  with open(tmp_path / "a" / "spm.model", "rb") as fa, open(tmp_path / "b" / "spm.model",
+                                                            "rb") as fb:
+    assert fa.read() == fb.read()
+  assert isinstance(a, seqio.SentencePieceVocabulary)
+  assert a.extra_ids == 100
+  raw = spm.SentencePieceProcessor(model_file=str(tmp_path / "a" / "spm.model"))
+  assert 300 < raw.get_piece_size() <= vocab.DEFAULT_OFFLINE_VOCAB_SIZE
+  assert a.vocab_size == raw.get_piece_size() + 100
+  assert (a.pad_id, a.eos_id, a.unk_id) == (0, 1, 2)
+  # T5 sentinels appended by seqio: <extra_id_0> is the highest id.
+  assert a.encode("<extra_id_0>") == [a.vocab_size - 1]
+  assert a.encode("<extra_id_99>") == [raw.get_piece_size()]
+  assert a.decode(a.encode("the <extra_id_3> flag")) == "the <extra_id_3> flag"
+  assert b.encode("What color are the shapes?") == a.encode("What color are the shapes?")
+
+
+def test_every_answer_round_trips_in_few_pieces(worlds, tmp_path):
+  _, medium = worlds
+  v = vocab.build_offline_vocabulary(medium, str(tmp_path / "spm.model"))
+  answers = _answers(medium)
+  assert len(answers) > 500
+  lengths = []
+  for answer in answers:
+    ids = v.encode(answer)
+    assert v.decode(ids) == answer
+    assert 1 <= len(ids) <= 5, (answer, v.tokenizer.encode_as_pieces(answer))
+    lengths.append(len(ids))
+  assert sum(lengths) / len(lengths) <= 3.0
+  for word in ("red", "purple", "circle", "triangle", "3", "left", "yes", "no"):
+    assert len(v.encode(word)) == 1, word
+  assert 2 not in v.encode("Is the shape on the flag of Zorvania a circle or a square?")
+
+
+def test_cache_is_reused_and_rebuilt_when_missing_or_stale(worlds, tmp_path):
+  small, medium = worlds
+  path = str(tmp_path / "cache" / "spm.model")
+  vocab.build_offline_vocabulary(small, path)
+  stamp = os.stat(path).st_mtime_ns
+  with open(path, "rb") as f:
+    first = f.read()
+  vocab.build_offline_vocabulary(small, path)
+  assert os.stat(path).st_mtime_ns == stamp  # reused, not retrained
+  os.remove(path)
+  v = vocab.build_offline_vocabulary(small, path)
+  with open(path, "rb") as f:
+    assert f.read() == first  # rebuilt identically
+  assert v.decode(v.encode("the flag")) == "the flag"
+  vocab.build_offline_vocabulary(medium, path)  # another world's text: retrained
+  with open(path, "rb") as f:
+    assert f.read() != first
+  default = vocab.build_offline_vocabulary(small)
+  assert default.sentencepiece_model_file == os.path.join(small, "vocab", "sentencepiece.model")
+
+
+def test_factory_names_paths_and_errors(worlds, tmp_path, monkeypatch):
+  small, _ = worlds
+  assert vocab.get_vocabulary("t5").sentencepiece_model_file == vocab.T5_PUBLIC_VOCAB
+  with pytest.raises(FileNotFoundError, match="missing.model"):
+    vocab.get_vocabulary(str(tmp_path / "missing.model"))
+  with pytest.raises(FileNotFoundError, match="no world_manifest.json"):
+    vocab.build_offline_vocabulary(str(tmp_path))
+  path = str(tmp_path / "spm.model")
+  vocab.build_offline_vocabulary(small, path)
+  monkeypatch.delenv("MURAG_VOCAB_PATH", raising=False)
+  assert vocab.default_vocabulary().sentencepiece_model_file == vocab.T5_PUBLIC_VOCAB
+  monkeypatch.setenv("MURAG_VOCAB_PATH", path)
+  assert vocab.default_vocabulary().sentencepiece_model_file == path
+  monkeypatch.delenv("MURAG_VOCAB_PATH")
+  with gin.unlock_config():
+    gin.parse_config(f"default_vocabulary.vocab_path = '{path}'")
+  try:
+    assert vocab.default_vocabulary().sentencepiece_model_file == path
+  finally:
+    gin.clear_config()
