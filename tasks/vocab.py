@@ -72,6 +72,10 @@ def _unquote(s):
   return s[1:-1] if len(s) >= 2 and s[0] == s[-1] == '"' else s
 
 
+# Text the seqio tasks put in front of queries (tasks.preprocessors.CAPTION_PROMPT).
+PROMPT_TEXTS = ("generate caption:",)
+
+
 def iter_world_text(world_dir):
   """Every piece of text in a synthetic world, read back from its files, in a fixed order.
 
@@ -84,6 +88,8 @@ def iter_world_text(world_dir):
     Strings (one sentence or caption each).
   """
   join = functools.partial(os.path.join, world_dir)
+  # Fixed prompts the tasks add to queries; without them ':' would be an unknown piece.
+  yield from PROMPT_TEXTS
   with open(join("world_manifest.json")) as f:
     fmts = json.load(f)["formats"]
   if "webqa" in fmts:

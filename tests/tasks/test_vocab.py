@@ -106,3 +106,13 @@ def test_factory_names_paths_and_errors(worlds, tmp_path, monkeypatch):
     assert vocab.default_vocabulary().sentencepiece_model_file == path
   finally:
     gin.clear_config()
+
+
+def test_task_prompts_encode_without_unknown_pieces(worlds, tmp_path):
+  from tasks import preprocessors
+  small, _ = worlds
+  assert preprocessors.CAPTION_PROMPT in vocab.PROMPT_TEXTS
+  v = vocab.build_offline_vocabulary(small, str(tmp_path / "spm.model"))
+  ids = v.encode(preprocessors.CAPTION_PROMPT)
+  assert v.unk_id not in ids
+  assert v.decode(ids) == preprocessors.CAPTION_PROMPT
