@@ -1,0 +1,381 @@
+r"""Encodes a memory corpus and builds the global MIPS index (paper §3.4, §4.2).
+
+After in-batch fine-tuning, MuRAG "encode[s] all available cross-modal pairs, and
+index[es] these encodings for fast MIPS retrieval"; the fixed-retrieval stage
+and full-wiki evaluation then search that global memory. This binary:
+
+1. encodes every item of a memory corpus task (`webqa_memory_v1`,
+   `mmqa_memory_v1`: one item in memory slot 0) with a checkpoint's backbone
+   (`MuRAGModel.embed_memory`, the [CLS] retrieval embedding), the batch
+   sharded over the devices of the `data` mesh axis, each host reading its
+   own shard of the corpus;
+2. writes embedding shards atomically (`embeddings/h{host}-s{shard}.npy`,
+   `.ids.npy`, then a `.json` marker with checksums and the data iterator
+   position); a restarted run verifies and skips finished shards and resumes
+   the iterator exactly, so the embeddings equal an uninterrupted run's;
+3. writes `metadata.json` (string ids, counts, dim, the fingerprint of
+   checkpoint + corpus) and builds a `MemoryIndex` over the memory-mapped
+   shards (`index/`);
+4. optionally writes fixed-retrieval neighbour files (tasks/neighbours.py
+   format) for query tasks, and reports full-wiki retrieval metrics.
+
+  python -m murag.build_memory --gin_file=gin_configs/experiments/... \
+      --gin.build_memory.output_dir=\"/tmp/memory\"
+
+Shape letters: B batch (per host), Lm memory text length, H/W image size,
+D retrieval embedding size, K neighbours.
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from absl import logging
+import gin
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import tensorflow as tf
+
+from murag import partitioning
+from murag.memory import index as index_lib
+from tasks import neighbours as nb
+from tasks import pipeline
+
+EMB_DIR = "embeddings"
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _atomic_save(path: str, array: np.ndarray) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    np.save(f, array)
+  os.replace(tmp, path)
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def params_fingerprint(params) -> str:
+  """sha256 of a parameter tree (host copies of every leaf, by path)."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return index_lib.digest_arrays(
+      {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+
+
+def _shard_paths(output_dir: str, host: int, shard: int) -> Tuple[str, str, str]:
+  base = os.path.join(output_dir, EMB_DIR, f"h{host:03d}-s{shard:05d}")
+  return base + ".npy", base + ".ids.npy", base + ".json"
+
+
+def _finished_shards(output_dir: str, host: int) -> List[dict]:
+  """Markers of this host's consecutive finished shards (verified)."""
+  done = []
+  while True:
+    emb, ids, marker = _shard_paths(output_dir, host, len(done))
+    if not os.path.exists(marker):
+      return done
+    with open(marker) as f:
+      info = json.load(f)
+    for path, key in ((emb, "sha256"), (ids, "ids_sha256")):
+      if not os.path.exists(path) or _sha256(path) != info[key]:
+        raise index_lib.IndexCorruptedError(
+            f"{path}: missing or sha256 differs from {marker}; delete the shard "
+            "files to re-encode them")
+    done.append(info)
+
+
+def _embed_fn(model, mesh):
+  """Jitted [B, Lm], [B, H, W, 3], [B] -> [B, D], batch over the data axis."""
+  data = partitioning.batch_sharding(mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  @jax.jit
+  def fn(params, tokens, images, image_mask):
+    return model.embed_memory(params, tokens, images, image_mask)
+
+  def run(params, batch: Dict[str, np.ndarray]) -> np.ndarray:
+    args = [jax.make_array_from_process_local_data(data, np.ascontiguousarray(a))
+            for a in (batch["memory_tokens"][:, 0], batch["memory_images"][:, 0],
+                      batch["memory_image_mask"][:, 0])]
+    out = fn(jax.device_put(params, replicated), *args)
+    return np.asarray(multihost_utils.global_array_to_host_local_array(
+        out, mesh, jax.sharding.PartitionSpec("data")), np.float32)
+
+  return run
+
+
+def _pad_batch(batch: Dict[str, np.ndarray], rows: int) -> Dict[str, np.ndarray]:
+  n = len(batch["memory_ids"])
+  if n == rows:
+    return batch
+  return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+
+def corpus_string_ids(task_name: str, split: str = "train") -> List[str]:
+  """String ids of a memory corpus task's items (its TFDS `id` feature)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  source = seqio.get_mixture_or_task(task_name).source
+  ds = source.get_dataset(split=split, shuffle=False).map(lambda ex: ex["id"])
+  return [s.decode("utf-8") for s in ds.as_numpy_iterator()]
+
+
+@gin.configurable(denylist=["params"])
+def encode_corpus(*, model, params, corpus_cfg: pipeline.DatasetConfig,
+                  output_dir: str, batches_per_shard: int = 64,
+                  memory_slots: int = 1, image_size: Optional[int] = None,
+                  mesh=None, max_shards: Optional[int] = None) -> dict:
+  """Encodes this host's part of a memory corpus into resumable shards.
+
+  Args:
+    model: a MuRAGModel.
+    params: its parameters.
+    corpus_cfg: the memory corpus task (read once, in order: shuffle and
+      repetition are turned off here).
+    output_dir: where `embeddings/` goes.
+    batches_per_shard: batches per embedding shard (the resume granularity).
+    memory_slots: M of the feature converter (items sit in slot 0).
+    image_size: H = W; default the model's.
+    mesh: device mesh; default `partitioning.make_mesh()`.
+    max_shards: stop after this many shards in this call (None: all).
+
+  Returns:
+    {"items": encoded on this host so far, "shards": ..., "complete": bool}.
+  """
+  host, num_hosts = jax.process_index(), jax.process_count()
+  mesh = mesh or partitioning.make_mesh()
+  cfg = pipeline.DatasetConfig(**{**vars(corpus_cfg), "shuffle": False,
+                                  "num_epochs": 1, "drop_remainder": False})
+  converter = model.FEATURE_CONVERTER_CLS(
+      memory_slots=memory_slots,
+      image_size=image_size or model.config.image_size)
+  it = pipeline.get_dataset_iterator(cfg, shard_id=host, num_shards=num_hosts,
+                                     feature_converter=converter)
+  os.makedirs(os.path.join(output_dir, EMB_DIR), exist_ok=True)
+  done = _finished_shards(output_dir, host)
+  if done:
+    it.set_state(done[-1]["iterator_state"])
+    if done[-1]["last"]:
+      return {"items": sum(d["items"] for d in done), "shards": len(done),
+              "complete": True}
+  items = sum(d["items"] for d in done)
+  logging.info("host %d: %d shards (%d items) already encoded", host, len(done),
+               items)
+  embed = _embed_fn(model, mesh)
+  rows = it.per_host_batch
+  t0, new_items, shard, written = time.time(), 0, len(done), 0
+  exhausted = False
+  while not exhausted and (max_shards is None or written < max_shards):
+    embs, ids = [], []
+    for _ in range(batches_per_shard):
+      try:
+        batch = next(it)
+      except StopIteration:
+        exhausted = True
+        break
+      valid = batch["memory_mask"][:, 0] > 0  # [B]; padding rows of a last batch
+      emb = embed(params, _pad_batch(batch, rows))[:len(valid)]  # [B, D]
+      embs.append(emb[valid])
+      ids.append(batch["memory_ids"][valid, 0].astype(np.int32))
+    if not embs and shard > 0:
+      # The previous shard ended exactly at the end: mark it as the last one.
+      _, _, marker = _shard_paths(output_dir, host, shard - 1)
+      with open(marker) as f:
+        info = json.load(f)
+      _atomic_json(marker, {**info, "last": True})
+      break
+    emb_path, ids_path, marker = _shard_paths(output_dir, host, shard)
+    dim = embs[0].shape[1] if embs else 0
+    emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
+    _atomic_save(emb_path, emb)
+    _atomic_save(ids_path, np.concatenate(ids) if ids else np.zeros(0, np.int32))
+    _atomic_json(marker, {"items": len(emb), "sha256": _sha256(emb_path),
+                          "ids_sha256": _sha256(ids_path),
+                          "iterator_state": it.get_state(), "last": exhausted})
+    shard, written = shard + 1, written + 1
+    items += len(emb)
+    new_items += len(emb)
+    rate = new_items / max(time.time() - t0, 1e-9)
+    total = _expected_items(cfg)
+    eta = ("?" if total is None else
+           f"{max(0, total // num_hosts - items) / max(rate, 1e-9):.0f}s")
+    logging.info("host %d: shard %d written, %d items, %.1f items/s, ETA %s",
+                 host, shard - 1, items, rate, eta)
+  return {"items": items, "shards": shard, "complete": exhausted}
+
+
+def _expected_items(cfg: pipeline.DatasetConfig) -> Optional[int]:
+  try:
+    import seqio  # pylint: disable=g-import-not-at-top
+    return seqio.get_mixture_or_task(cfg.mixture_or_task_name).num_input_examples(
+        cfg.split)
+  except Exception:  # pylint: disable=broad-except
+    return None  # progress is still reported, without an ETA
+
+
+def load_embeddings(output_dir: str) -> Tuple[List[np.ndarray], np.ndarray]:
+  """Memory-mapped embedding shards of every host, and their int ids [N]."""
+  names = sorted(n for n in os.listdir(os.path.join(output_dir, EMB_DIR))
+                 if n.endswith(".json"))
+  hosts = sorted({n.split("-")[0] for n in names})
+  shards, ids = [], []
+  for h in hosts:
+    infos = _finished_shards(output_dir, int(h[1:]))
+    if not infos or not infos[-1]["last"]:
+      raise ValueError(f"{os.path.join(output_dir, EMB_DIR)}: host {h} has not "
+                       "finished encoding (rerun build_memory to resume)")
+    for s in range(len(infos)):
+      emb, idp, _ = _shard_paths(output_dir, int(h[1:]), s)
+      shards.append(np.load(emb, mmap_mode="r"))
+      ids.append(np.load(idp))
+  return [s for s in shards if len(s)], np.concatenate(ids)
+
+
+def string_ids_for(int_ids: np.ndarray, corpus_ids: Sequence[str]) -> List[str]:
+  """Maps stable int ids back to the corpus' string ids."""
+  id_map = nb.IdMap(corpus_ids)
+  out = id_map.to_string(int_ids)
+  missing = [int(i) for i, s in zip(int_ids, out) if not s]
+  if missing:
+    raise ValueError(f"memory ids {missing[:5]} are not ids of the corpus")
+  return out
+
+
+@gin.configurable(denylist=["params", "index"])
+def write_neighbours(*, model, params, index, query_cfg: pipeline.DatasetConfig,
+                     out_path: str, k: int = 4, memory_slots: int = 4,
+                     image_size: Optional[int] = None) -> Dict[str, float]:
+  """Top-k global neighbours of every example of a query task -> JSONL.
+
+  Args:
+    model: a MuRAGModel; params: its parameters.
+    index: a MemoryIndex / ShardedIndex over the corpus (string ids).
+    query_cfg: the query task (e.g. webqa_inbatch_v1, split train/validation).
+    out_path: tasks/neighbours.py JSONL file written.
+    k: neighbours per example.
+    memory_slots, image_size: feature converter settings.
+
+  Returns:
+    Full-wiki retrieval metrics (recall@K, MRR, F1) of the written lists.
+  """
+  from tasks.metrics import retrieval  # pylint: disable=g-import-not-at-top
+  cfg = pipeline.DatasetConfig(**{**vars(query_cfg), "shuffle": False,
+                                  "num_epochs": 1, "drop_remainder": False})
+  converter = model.FEATURE_CONVERTER_CLS(
+      memory_slots=memory_slots,
+      image_size=image_size or model.config.image_size)
+  raw = pipeline.task_dataset(cfg)
+  b = cfg.batch_size
+  meta = raw.map(lambda ex: {"id": ex["question_id"],
+                             "pos": ex["positive_ids"]}).padded_batch(b)
+  feats = converter(raw, dict(cfg.task_feature_lengths)).batch(b)
+  embed = jax.jit(model.embed_query)
+  example_ids, ids_out, scores_out, targets = [], [], [], []
+  for m, batch in tf.data.Dataset.zip((meta, feats)).as_numpy_iterator():
+    q = np.asarray(embed(params, batch), np.float32)  # [B, D]
+    ids, scores = index.search(q, k)
+    example_ids += [s.decode("utf-8") for s in m["id"]]
+    ids_out.append(ids)
+    scores_out.append(scores)
+    targets += [{"positive_ids": [p.decode("utf-8") for p in row if p]}
+                for row in m["pos"]]
+  ids = np.concatenate(ids_out)
+  scores = np.concatenate(scores_out)
+  nb.NeighbourTable.from_arrays(example_ids, ids, scores).write_jsonl(out_path)
+  preds = [{"retrieved_ids": list(map(str, r)),
+            "retrieved_scores": list(map(float, s))} for r, s in zip(ids, scores)]
+  return retrieval.retrieval_metrics(targets, preds, ks=sorted({1, k}))
+
+
+@gin.configurable
+def build_memory(*, model, output_dir: str, corpus_cfg: pipeline.DatasetConfig,
+                 checkpoint_path: Optional[str] = None, random_seed: int = 0,
+                 index_config: Optional[index_lib.IndexConfig] = None,
+                 neighbour_tasks: Sequence[Tuple[str, str, str]] = (),
+                 query_cfg: Optional[pipeline.DatasetConfig] = None,
+                 k: int = 4, batches_per_shard: int = 64) -> dict:
+  """Encode the corpus, build the index, write neighbour files (see module doc).
+
+  Args:
+    model: a MuRAGModel (gin).
+    output_dir: output directory.
+    corpus_cfg: the memory corpus task.
+    checkpoint_path: orbax checkpoint (MODEL_DIR / step dir / params dir);
+      None uses freshly initialised parameters (smoke tests only).
+    random_seed: init seed when no checkpoint is given.
+    index_config: MemoryIndex settings (default: gin's IndexConfig()).
+    neighbour_tasks: (task name, split, output file name) triples.
+    query_cfg: DatasetConfig template for those tasks (lengths, batch size).
+    k: neighbours per query.
+    batches_per_shard: embedding shard size in batches (resume granularity).
+
+  Returns:
+    A summary dict (counts, fingerprint, retrieval metrics per neighbour file).
+  """
+  from murag import checkpoints  # pylint: disable=g-import-not-at-top
+  lengths = dict(corpus_cfg.task_feature_lengths)
+  shapes = {"memory_tokens": (1, 1, lengths["memory_tokens"]),
+            "decoder_input_tokens": (1, lengths["targets"])}
+  init = model.get_initial_variables(jax.random.PRNGKey(random_seed), shapes)
+  params = init["params"]
+  if checkpoint_path:
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        params)
+    params = checkpoints.load_params(checkpoint_path, abstract, strict=True)
+  ckpt_digest = params_fingerprint(params)
+  summary = encode_corpus(model=model, params=params, corpus_cfg=corpus_cfg,
+                          output_dir=output_dir,
+                          batches_per_shard=batches_per_shard)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("build_memory:encoded")
+  if jax.process_index() != 0:
+    return summary
+  shards, int_ids = load_embeddings(output_dir)
+  str_ids = string_ids_for(int_ids, corpus_string_ids(
+      corpus_cfg.mixture_or_task_name, corpus_cfg.split))
+  fingerprint = index_lib.make_fingerprint(ckpt_digest, str_ids)
+  _atomic_json(os.path.join(output_dir, "metadata.json"), {
+      "corpus": corpus_cfg.mixture_or_task_name, "split": corpus_cfg.split,
+      "items": len(str_ids), "dim": int(shards[0].shape[1]),
+      "checkpoint": checkpoint_path, "checkpoint_digest": ckpt_digest,
+      "fingerprint": fingerprint, "ids": str_ids})
+  index = index_lib.MemoryIndex.build(shards, str_ids, fingerprint=fingerprint,
+                                      config=index_config)
+  index.save(os.path.join(output_dir, "index"))
+  summary.update(fingerprint=fingerprint, index_kind=index.kind,
+                 items=len(str_ids))
+  for task, split, name in neighbour_tasks:
+    if query_cfg is None:
+      raise ValueError("build_memory.neighbour_tasks needs build_memory.query_cfg")
+    cfg = pipeline.DatasetConfig(**{**vars(query_cfg),
+                                    "mixture_or_task_name": task,
+                                    "split": split})
+    summary[name] = write_neighbours(model=model, params=params, index=index,
+                                     query_cfg=cfg, k=k,
+                                     out_path=os.path.join(output_dir, name))
+  _atomic_json(os.path.join(output_dir, "summary.json"), summary)
+  return summary
+
+
+def main(argv: Sequence[str]):
+  from murag import train  # pylint: disable=g-import-not-at-top
+  return train.main(argv, entry=build_memory)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
