@@ -1,0 +1,596 @@
+r"""The end-to-end MuRAG demo on the synthetic world (paper §3.3, §3.4, §4.2, Table 4 / 5).
+
+  python -m murag.demo --run_dir=runs/demo [--gin_file=...murag_demo_reduced.gin]
+
+A thin orchestrator over the project's components. Every stage is a function; when it
+finishes it writes `<run_dir>/stages/<stage>.json` (its summary), so a rerun skips finished
+stages (and the trainer itself resumes an interrupted stage from its newest checkpoint).
+
+Stages (all artifacts under run_dir):
+  world             tasks.synthetic_world.generate_world            -> world/
+  vocab             tasks.vocab.build_offline_vocabulary            -> world/vocab/
+  tfds              tasks.builders.build (every source, 32 px)      -> tfds/
+  pretrain_stage1   murag.train on murag_pretrain_stage1 (LAION)    -> pretrain_stage1/
+  pretrain_stage2   murag.train on murag_pretrain_stage2 (1:1:1)    -> pretrain_stage2/
+  finetune_inbatch  murag.train on webqa_inbatch_v1                 -> finetune_inbatch/
+  baseline          the same model, question only (retrieve = 0)    -> baseline_qonly/
+  memory            murag.build_memory: encode + index + neighbours -> memory/
+  finetune_fixed    murag.train on webqa_fixed_v1                   -> finetune_fixed/
+  evaluate          murag.infer.predict_and_score, both settings    -> eval/
+  export            murag.export.export_bundle                      -> export/
+  examples          three validation questions with attribution     -> examples.txt
+The table (paper Table 4 shape) is printed and written to results.md / results.json.
+
+The question-only baseline is the same network trained and evaluated with `retrieve = 0`
+(the reader sees only [CLS]; the question) and no contrastive loss: "same model, no memory".
+"""
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import gin
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_GIN = os.path.join(REPO_ROOT, "gin_configs", "experiments", "murag_demo_full.gin")
+IMAGE_CATEGORIES = ("color", "shape", "number", "Others", "YesNo", "choose")
+STAGES = ("world", "vocab", "tfds", "pretrain_stage1", "pretrain_stage2", "finetune_inbatch",
+          "baseline", "memory", "finetune_fixed", "evaluate", "export", "examples")
+
+
+@gin.configurable
+@dataclasses.dataclass
+class DemoConfig:
+  """Sizes and schedules of the demo (values in gin_configs/experiments/murag_demo_*.gin)."""
+  world_size: str = "medium"
+  seed: int = 0
+  image_config: str = "px32"
+  lengths: Dict[str, int] = dataclasses.field(
+      default_factory=lambda: {"query_tokens": 20, "memory_tokens": 20, "targets": 8})
+  learning_rate: float = 3e-3
+  pretrain1_steps: int = 100
+  pretrain2_steps: int = 150
+  pretrain_batch: int = 32
+  finetune_steps: int = 200
+  baseline_steps: int = 200
+  finetune_batch: int = 16
+  memory_slots: int = 4
+  fixed_steps: int = 100
+  eval_batch: int = 16
+  eval_max_examples: Optional[int] = None
+  num_decodes: int = 2
+  log_period: int = 10
+  export_saved_model: bool = True
+  mmqa: bool = True
+
+
+# ------------------------------------------------------------------------------ progress
+class Progress:
+  """Stage-level progress with an ETA weighted by each stage's configured work."""
+
+  def __init__(self, weights: Dict[str, float]):
+    self.weights = weights
+    self.done_weight = 0.0   # work of every finished stage (run now or earlier)
+    self.real_weight = 0.0   # work of the stages run in this process
+    self.spent = 0.0         # their seconds
+
+  def log(self, msg: str):
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+  def eta(self) -> str:
+    if self.real_weight <= 0:
+      return "unknown until a stage finishes"
+    rate = self.spent / self.real_weight
+    return _fmt(rate * (sum(self.weights.values()) - self.done_weight))
+
+  def finish(self, stage: str, seconds: float, skipped: bool):
+    self.done_weight += self.weights.get(stage, 0.0)
+    if not skipped:
+      self.real_weight += self.weights.get(stage, 0.0)
+      self.spent += seconds
+
+
+def _fmt(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class ProgressIterator:
+  """Wraps a BatchIterator: prints step / total and the stage ETA every `period` batches."""
+
+  def __init__(self, it, stage: str, total: int, period: int, log: Callable[[str], None]):
+    self.it, self.stage, self.total, self.period, self.log = it, stage, total, period, log
+    self.t = None
+    self.t_step = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.it)
+    step = self.it.get_state()["batches_consumed"]
+    now = time.time()
+    if self.t is None:
+      self.t, self.t_step = now, step
+    elif step % self.period == 0 or step == self.total:
+      rate = (now - self.t) / max(step - self.t_step, 1)
+      self.log(f"  {self.stage}: step {step}/{self.total}, {rate:.2f} s/step, "
+               f"stage ETA {_fmt(rate * (self.total - step))}")
+    return batch
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+    self.t = None
+
+
+class QuestionOnlyModel:
+  """The question-only baseline: the same MuRAGModel with retrieve forced to 0.
+
+  The reader then encodes only [CLS]; q (the memory part is masked out, paper §3.3's
+  M_p = Ø), so the answer can only come from the question and the parameters.
+  """
+
+  def __init__(self, model):
+    self.model = model
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+  @staticmethod
+  def _no_memory(batch):
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    batch = dict(batch)
+    batch["retrieve"] = jnp.zeros_like(batch["retrieve"])
+    return batch
+
+  def loss_fn(self, params, batch, dropout_rng):
+    return self.model.loss_fn(params, self._no_memory(batch), dropout_rng)
+
+  def eval_fn(self, params, batch):
+    return self.model.eval_fn(params, self._no_memory(batch))
+
+  def predict_batch_with_aux(self, params, batch, *args, **kwargs):
+    return self.model.predict_batch_with_aux(params, self._no_memory(batch), *args, **kwargs)
+
+
+# ------------------------------------------------------------------------------ the demo
+class Demo:
+  """Runs the stages under one run directory (see the module docstring)."""
+
+  def __init__(self, run_dir: str, cfg: DemoConfig):
+    self.run_dir = os.path.abspath(run_dir)
+    self.cfg = cfg
+    os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
+    c = cfg
+    self.progress = Progress({
+        "world": 5, "vocab": 2, "tfds": 30,
+        "pretrain_stage1": c.pretrain1_steps * 1.0, "pretrain_stage2": c.pretrain2_steps * 1.2,
+        "finetune_inbatch": c.finetune_steps * 1.5, "baseline": c.baseline_steps * 0.6,
+        "memory": 20, "finetune_fixed": c.fixed_steps * 1.2, "evaluate": 60,
+        "export": 60 if c.export_saved_model else 20, "examples": 1})
+    self.log = self.progress.log
+    self.world_dir = os.path.join(self.run_dir, "world")
+    self.tfds_dir = os.path.join(self.run_dir, "tfds")
+    self.memory_dir = os.path.join(self.run_dir, "memory")
+    self._registered = False
+
+  # ---------------------------------------------------------------- helpers
+  def path(self, *parts) -> str:
+    return os.path.join(self.run_dir, *parts)
+
+  def _marker(self, stage: str) -> str:
+    return self.path("stages", f"{stage}.json")
+
+  def run_stage(self, stage: str, fn: Callable[[], dict]) -> dict:
+    i = STAGES.index(stage) + 1
+    if os.path.exists(self._marker(stage)):
+      with open(self._marker(stage)) as f:
+        summary = json.load(f)
+      self.log(f"stage {i}/{len(STAGES)} {stage}: DONE earlier, skipped")
+      self.progress.finish(stage, 0.0, skipped=True)
+      return summary
+    self.log(f"stage {i}/{len(STAGES)} {stage}: start (demo ETA {self.progress.eta()})")
+    t0 = time.time()
+    summary = fn() or {}
+    seconds = time.time() - t0
+    summary["seconds"] = round(seconds, 1)
+    tmp = self._marker(stage) + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(summary, f, indent=1, sort_keys=True, default=float)
+    os.replace(tmp, self._marker(stage))
+    self.progress.finish(stage, seconds, skipped=False)
+    self.log(f"stage {i}/{len(STAGES)} {stage}: DONE in {_fmt(seconds)} "
+             f"(demo ETA {self.progress.eta()})")
+    return summary
+
+  @property
+  def vocab_path(self) -> str:
+    return os.path.join(self.world_dir, "vocab", "sentencepiece.model")
+
+  def vocabulary(self):
+    from tasks import vocab  # pylint: disable=g-import-not-at-top
+    return vocab.get_vocabulary(self.vocab_path)
+
+  def register(self):
+    if self._registered:
+      return
+    os.environ["MURAG_VOCAB_PATH"] = self.vocab_path
+    from tasks import murag_tasks  # pylint: disable=g-import-not-at-top
+    murag_tasks.register_all(image_config=self.cfg.image_config, data_dir=self.tfds_dir,
+                             vocabulary=self.vocabulary(), neighbours_dir=self.memory_dir,
+                             top_k=self.model_config().top_k)
+    self._registered = True
+
+  def model_config(self, **overrides):
+    from murag import model as model_lib  # pylint: disable=g-import-not-at-top
+    base = model_lib.MuRAGConfig()
+    image_size = int(self.cfg.image_config[2:])
+    return dataclasses.replace(base, vocab_size=self.vocabulary().vocab_size,
+                               image_size=image_size, **overrides)
+
+  def make_model(self, question_only: bool = False, **overrides):
+    from murag import model as model_lib  # pylint: disable=g-import-not-at-top
+    if question_only:
+      overrides.setdefault("contrastive_weight", 0.0)
+    model = model_lib.MuRAGModel(self.model_config(**overrides), self.vocabulary())
+    return QuestionOnlyModel(model) if question_only else model
+
+  def dataset_cfg(self, task: str, split: str, batch: int, train: bool = True):
+    from tasks import pipeline  # pylint: disable=g-import-not-at-top
+    return pipeline.DatasetConfig(mixture_or_task_name=task,
+                                  task_feature_lengths=dict(self.cfg.lengths), split=split,
+                                  batch_size=batch, shuffle=train, seed=self.cfg.seed,
+                                  num_epochs=None if train else 1,
+                                  drop_remainder=train)
+
+  def partitioner(self):
+    from murag import partitioner as partitioner_lib  # pylint: disable=g-import-not-at-top
+    return partitioner_lib.Partitioner(num_partitions=1)
+
+  def train_stage(self, stage: str, model_dir: str, task: str, steps: int, batch: int,
+                  memory_slots: int, init: Optional[str], model) -> dict:
+    from murag import checkpoints  # pylint: disable=g-import-not-at-top
+    from murag import optimizers  # pylint: disable=g-import-not-at-top
+    from murag import train as train_lib  # pylint: disable=g-import-not-at-top
+    from tasks import pipeline  # pylint: disable=g-import-not-at-top
+    self.register()
+
+    def get_dataset(cfg, **kwargs):
+      return ProgressIterator(pipeline.get_dataset_iterator(cfg, **kwargs), stage, steps,
+                              self.cfg.log_period, self.log)
+
+    optimizer = optimizers.adafactor(learning_rate_fn=optimizers.learning_rate_schedule(
+        base_learning_rate=self.cfg.learning_rate))
+    ckpt_cfg = checkpoints.CheckpointConfig(period=max(steps // 2, 1), keep=1,
+                                            async_save=False, init_checkpoint=init,
+                                            strict_init=True)
+    t0 = time.time()
+    step, _ = train_lib.train(
+        model=model, train_dataset_cfg=self.dataset_cfg(task, "train", batch),
+        checkpoint_cfg=ckpt_cfg, partitioner=self.partitioner(), total_steps=steps,
+        model_dir=model_dir, random_seed=self.cfg.seed, optimizer=optimizer,
+        get_dataset_fn=get_dataset, feature_converter_kwargs={"memory_slots": memory_slots},
+        log_period=self.cfg.log_period)
+    return {"task": task, "steps": int(step), "batch": batch, "memory_slots": memory_slots,
+            "init": init, "train_seconds": round(time.time() - t0, 1),
+            "final_metrics": _last_train_metrics(model_dir)}
+
+  def load_params(self, model, model_dir: str, memory_slots: int, batch: int):
+    from murag import checkpoints  # pylint: disable=g-import-not-at-top
+    from murag import train as train_lib  # pylint: disable=g-import-not-at-top
+    from murag import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+    part = self.partitioner()
+    conv = train_lib.make_feature_converter(model, None, {"memory_slots": memory_slots})
+    shapes, types = train_lib.model_feature_shapes(batch, self.cfg.lengths, conv)
+    abstract, shardings, _ = trainer_lib.abstract_params(model, part, shapes, types)
+    params = checkpoints.load_params(model_dir, abstract, strict=True)
+    return params, shardings, conv, shapes, types, part
+
+  def evaluate_task(self, model, model_dir, task, memory_slots, out_name) -> dict:
+    from murag import infer  # pylint: disable=g-import-not-at-top
+    self.register()
+    params, shardings, conv, _, _, part = self.load_params(model, model_dir, memory_slots,
+                                                           self.cfg.eval_batch)
+    out_dir = self.path("eval", out_name)
+    results = infer.predict_and_score(
+        model=model, params=params, param_shardings=shardings,
+        dataset_cfg=self.dataset_cfg(task, "validation", self.cfg.eval_batch, train=False),
+        partitioner=part, output_dir=out_dir, num_decodes=self.cfg.num_decodes,
+        max_examples=self.cfg.eval_max_examples, feature_converter=conv)
+    scores = results[task]
+    scores["predictions"] = os.path.join(out_dir, f"{task}-predictions.jsonl")
+    return scores
+
+  # ---------------------------------------------------------------- stages
+  def stage_world(self):
+    from tasks.synthetic_world import check  # pylint: disable=g-import-not-at-top
+    from tasks.synthetic_world import generate  # pylint: disable=g-import-not-at-top
+    generate.generate_world(self.world_dir, self.cfg.world_size, self.cfg.seed,
+                            progress=lambda m: self.log(f"  world: {m}"))
+    return {"counts": check.check_world(self.world_dir)}
+
+  def stage_vocab(self):
+    from tasks import vocab  # pylint: disable=g-import-not-at-top
+    v = vocab.build_offline_vocabulary(self.world_dir)
+    return {"vocab_size": v.vocab_size, "path": self.vocab_path}
+
+  def stage_tfds(self):
+    from tasks import builders  # pylint: disable=g-import-not-at-top
+    ic = self.cfg.image_config
+    sources = [("webqa", "webqa", ic), ("memory_corpus", "webqa", f"webqa_{ic}"),
+               ("laion", "laion", ic), ("cc", "cc", ic), ("paq", "paq", ic), ("vqa", "vqa", ic)]
+    if self.cfg.mmqa:
+      sources += [("mmqa", "mmqa", ic), ("memory_corpus", "mmqa", f"mmqa_{ic}")]
+    out = {}
+    for source, sub, config in sources:
+      self.log(f"  tfds: converting {source}/{config}")
+      b = builders.build(source, manual_dir=os.path.join(self.world_dir, sub),
+                         data_dir=self.tfds_dir, config=config)
+      out[f"{source}/{config}"] = {k: v.num_examples for k, v in b.info.splits.items()}
+    return {"splits": out}
+
+  def stage_pretrain1(self):
+    from tasks import mixtures  # pylint: disable=g-import-not-at-top
+    c = self.cfg
+    return self.train_stage("pretrain_stage1", self.path("pretrain_stage1"), mixtures.STAGE1,
+                            c.pretrain1_steps, c.pretrain_batch, 1, None, self.make_model())
+
+  def stage_pretrain2(self):
+    from tasks import mixtures  # pylint: disable=g-import-not-at-top
+    c = self.cfg
+    return self.train_stage("pretrain_stage2", self.path("pretrain_stage2"), mixtures.STAGE2,
+                            c.pretrain2_steps, c.pretrain_batch, 1,
+                            self.path("pretrain_stage1"), self.make_model())
+
+  def stage_finetune_inbatch(self):
+    c = self.cfg
+    return self.train_stage("finetune_inbatch", self.path("finetune_inbatch"),
+                            "webqa_inbatch_v1", c.finetune_steps, c.finetune_batch,
+                            c.memory_slots, self.path("pretrain_stage2"),
+                            self.make_model(retrieval_mode="inbatch"))
+
+  def stage_baseline(self):
+    c = self.cfg
+    return self.train_stage("baseline", self.path("baseline_qonly"), "webqa_inbatch_v1",
+                            c.baseline_steps, c.finetune_batch, 1,
+                            self.path("pretrain_stage2"), self.make_model(question_only=True))
+
+  def stage_memory(self):
+    from murag import build_memory  # pylint: disable=g-import-not-at-top
+    from murag.memory import index as index_lib  # pylint: disable=g-import-not-at-top
+    self.register()
+    k = self.model_config().top_k
+    corpus_cfg = self.dataset_cfg("webqa_memory_v1", "train", self.cfg.eval_batch, train=False)
+    query_cfg = self.dataset_cfg("webqa_inbatch_v1", "train", self.cfg.eval_batch, train=False)
+    summary = build_memory.build_memory(
+        model=self.make_model(), output_dir=self.memory_dir, corpus_cfg=corpus_cfg,
+        checkpoint_path=self.path("finetune_inbatch"), index_config=index_lib.IndexConfig(),
+        neighbour_tasks=[("webqa_inbatch_v1", "train", "webqa_train_neighbours.jsonl"),
+                         ("webqa_inbatch_v1", "validation", "webqa_val_neighbours.jsonl")],
+        query_cfg=query_cfg, k=k)
+    # The fixed tasks read one file keyed by question id for every split.
+    with open(os.path.join(self.memory_dir, "webqa_neighbours.jsonl"), "w") as out:
+      for name in ("webqa_train_neighbours.jsonl", "webqa_val_neighbours.jsonl"):
+        with open(os.path.join(self.memory_dir, name)) as f:
+          out.write(f.read())
+    return {k_: v for k_, v in summary.items()}
+
+  def stage_finetune_fixed(self):
+    c = self.cfg
+    return self.train_stage("finetune_fixed", self.path("finetune_fixed"), "webqa_fixed_v1",
+                            c.fixed_steps, c.finetune_batch, self.model_config().top_k,
+                            self.path("finetune_inbatch"),
+                            self.make_model(retrieval_mode="fixed"))
+
+  def stage_evaluate(self):
+    c = self.cfg
+    k = self.model_config().top_k
+    out = {}
+    self.log("  evaluate: MuRAG, distractor setting (in-batch candidates)")
+    out["murag_distractor"] = self.evaluate_task(
+        self.make_model(retrieval_mode="inbatch"), self.path("finetune_inbatch"),
+        "webqa_inbatch_v1", c.memory_slots, "murag_distractor")
+    self.log("  evaluate: MuRAG, full-wiki setting (global index, fixed retrieval)")
+    out["murag_fullwiki"] = self.evaluate_task(
+        self.make_model(retrieval_mode="fixed"), self.path("finetune_fixed"),
+        "webqa_fixed_v1", k, "murag_fullwiki")
+    self.log("  evaluate: question-only baseline")
+    out["baseline"] = self.evaluate_task(
+        self.make_model(question_only=True), self.path("baseline_qonly"), "webqa_inbatch_v1",
+        1, "baseline")
+    if c.mmqa:
+      self.log("  evaluate: MultimodalQA (WebQA-trained models, no MMQA fine-tuning)")
+      out["mmqa_murag_distractor"] = self.evaluate_task(
+          self.make_model(retrieval_mode="inbatch"), self.path("finetune_inbatch"),
+          "mmqa_inbatch_v1", c.memory_slots, "mmqa_murag_distractor")
+      out["mmqa_baseline"] = self.evaluate_task(
+          self.make_model(question_only=True), self.path("baseline_qonly"), "mmqa_inbatch_v1",
+          1, "mmqa_baseline")
+    memory = self._stage_summary("memory")
+    out["fullwiki_index_retrieval"] = memory.get("webqa_val_neighbours.jsonl", {})
+    table = results_table(out)
+    with open(self.path("results.md"), "w") as f:
+      f.write(table + "\n")
+    with open(self.path("results.json"), "w") as f:
+      json.dump(out, f, indent=1, sort_keys=True, default=float)
+    print(table, flush=True)
+    return out
+
+  def stage_export(self):
+    from murag import export  # pylint: disable=g-import-not-at-top
+    model = self.make_model(retrieval_mode="fixed")
+    k = self.model_config().top_k
+    params, _, _, shapes, types, _ = self.load_params(model, self.path("finetune_fixed"), k, 1)
+    manifest = export.export_bundle(model=model, params=params, shapes=shapes, types=types,
+                                    output_dir=self.path("export"),
+                                    num_decodes=self.cfg.num_decodes,
+                                    saved_model=self.cfg.export_saved_model,
+                                    vocab_file=self.vocab_path)
+    return {"bundle": self.path("export"), "functions": sorted(manifest.get("functions", {}))}
+
+  def stage_examples(self):
+    text = example_questions(self.world_dir, self._stage_summary("evaluate"), n=3)
+    with open(self.path("examples.txt"), "w") as f:
+      f.write(text)
+    print(text, flush=True)
+    return {"file": self.path("examples.txt")}
+
+  def _stage_summary(self, stage: str) -> dict:
+    with open(self._marker(stage)) as f:
+      return json.load(f)
+
+  def run(self) -> dict:
+    fns = {"world": self.stage_world, "vocab": self.stage_vocab, "tfds": self.stage_tfds,
+           "pretrain_stage1": self.stage_pretrain1, "pretrain_stage2": self.stage_pretrain2,
+           "finetune_inbatch": self.stage_finetune_inbatch, "baseline": self.stage_baseline,
+           "memory": self.stage_memory, "finetune_fixed": self.stage_finetune_fixed,
+           "evaluate": self.stage_evaluate, "export": self.stage_export,
+           "examples": self.stage_examples}
+    t0 = time.time()
+    for stage in STAGES:
+      self.run_stage(stage, fns[stage])
+    self.log(f"all stages done in {_fmt(time.time() - t0)}; results in "
+             f"{self.path('results.md')}")
+    print(open(self.path("results.md")).read(), flush=True)
+    return self._stage_summary("evaluate")
+
+
+# ------------------------------------------------------------------------------ reporting
+def _last_train_metrics(model_dir: str) -> dict:
+  """Last logged train/* scalars of a run (TensorBoard events), for the stage summary."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in sorted(glob.glob(os.path.join(model_dir, "train", "events*"))):
+    for rec in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(rec.numpy())
+      for v in event.summary.value:
+        if v.tag.startswith("train/") and v.HasField("tensor"):
+          out[v.tag[len("train/"):]] = float(tf.make_ndarray(v.tensor))
+  return out
+
+
+def image_accuracy(scores: dict) -> float:
+  """Count-weighted accuracy over the image-based WebQA categories."""
+  num = den = 0.0
+  for cat in IMAGE_CATEGORIES:
+    n = scores.get(f"count/{cat}", 0.0)
+    num += n * scores.get(f"accuracy/{cat}", 0.0)
+    den += n
+  return num / den if den else float("nan")
+
+
+def _cell(v, fmt="{:.1f}"):
+  return "—" if v is None else fmt.format(v)
+
+
+def results_table(r: dict) -> str:
+  """Markdown tables in the shape of the paper's Table 4 (WebQA) and Table 5 (MMQA)."""
+  base, dis, full = r["baseline"], r["murag_distractor"], r["murag_fullwiki"]
+  fl = all(s.get("fluency_available") for s in (base, dis, full))
+  lines = ["WebQA (validation) — accuracy is the WebQA keyword accuracy (%); "
+           "Retr = retrieval F1 of the top-K retrieved sources vs. the positive sources (%).",
+           "FL / Overall: " + ("BARTScore fluency available" if fl else
+                               "unavailable (no local BART scorer, see tasks/metrics/bartscore.py)"),
+           "",
+           "| setting | model | Retr | FL | Accuracy | Overall | image-question acc. | "
+           "color | shape | number | text |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for setting, name, s, retr in (("distractor", "question-only", base, None),
+                                 ("distractor", "MuRAG", dis, dis.get("retrieval_f1")),
+                                 ("full-wiki", "question-only", base, None),
+                                 ("full-wiki", "MuRAG", full, full.get("retrieval_f1"))):
+    lines.append(
+        f"| {setting} | {name} | {_cell(retr)} | {_cell(s.get('fluency'))} | "
+        f"{_cell(s['accuracy'])} | {_cell(s.get('qa'))} | {_cell(image_accuracy(s))} | "
+        f"{_cell(s.get('accuracy/color'))} | {_cell(s.get('accuracy/shape'))} | "
+        f"{_cell(s.get('accuracy/number'))} | {_cell(s.get('accuracy/text'))} |")
+  idx = r.get("fullwiki_index_retrieval") or {}
+  if idx:
+    lines += ["", "Full-wiki global-index retrieval (validation questions): " +
+              ", ".join(f"{k} {v:.3f}" for k, v in sorted(idx.items())
+                        if isinstance(v, (int, float)))]
+  if "mmqa_murag_distractor" in r:
+    lines += ["", "MultimodalQA (dev, image + text questions; models trained on WebQA only, "
+              "distractor setting)", "",
+              "| model | EM | F1 | image EM | text EM |", "|---|---|---|---|---|"]
+    for name, key in (("question-only", "mmqa_baseline"), ("MuRAG", "mmqa_murag_distractor")):
+      s = r[key]
+      lines.append(f"| {name} | {_cell(s.get('all/em'))} | {_cell(s.get('all/f1'))} | "
+                   f"{_cell(s.get('image/em'))} | {_cell(s.get('text/em'))} |")
+  return "\n".join(lines)
+
+
+def example_questions(world_dir: str, evaluation: dict, n: int = 3) -> str:
+  """Three validation image questions answered in the full-wiki setting, with attribution."""
+  from tasks import neighbours  # pylint: disable=g-import-not-at-top
+  sources = {}
+  with open(os.path.join(world_dir, "webqa", "fullwiki_sources.jsonl")) as f:
+    for line in f:
+      d = json.loads(line)
+      sources[d["id"]] = d
+  id_map = neighbours.IdMap(sources)
+  with open(os.path.join(world_dir, "webqa", "WebQA_train_val.json")) as f:
+    questions = json.load(f)
+  preds = [json.loads(line) for line in open(evaluation["murag_fullwiki"]["predictions"])]
+  picked: List[dict] = []
+  for cat in ("color", "shape", "number"):
+    for p in preds:
+      if p["targets"]["qcate"] == cat:
+        picked.append(p)
+        break
+  out = ["Example questions (full-wiki: retrieved from the global index of "
+         f"{len(sources)} sources, answered by the fixed-retrieval model):"]
+  for p in picked[:n]:
+    q = questions[p["question_id"]]
+    out.append(f"\nQ [{q['Qcate']}]: {q['Q']}   gold: {q['A'][0]}")
+    for rid, score in zip(p["retrieved_ids"], p["retrieved_scores"]):
+      sid = rid if rid in sources else (id_map.to_string([int(rid)])[0]
+                                        if rid.lstrip("-").isdigit() else rid)
+      src = sources.get(sid, {})
+      text = src.get("caption") or src.get("fact") or "?"
+      pos = " (positive)" if sid in p["targets"]["positive_ids"] else ""
+      out.append(f"   {score:8.3f}  {src.get('type', '?'):5s} {sid:>34s}  "
+                 f"{src.get('title', '')}: {text}{pos}")
+    out.append(f"A: {p['answer']}")
+  return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+  """`python -m murag.demo --run_dir=D [--gin_file=F ...] [--gin.KEY=VALUE ...]`."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  run_dir, files, bindings = None, [], []
+  for arg in argv:
+    if arg.startswith("--run_dir="):
+      run_dir = arg.split("=", 1)[1]
+    elif arg.startswith("--gin_file="):
+      files.append(arg.split("=", 1)[1])
+    elif arg.startswith("--gin."):
+      bindings.append(arg[len("--gin."):])
+    else:
+      print(f"error: unknown argument {arg!r}; expected --run_dir=, --gin_file=, "
+            f"--gin.KEY=VALUE", file=sys.stderr)
+      return 2
+  if not run_dir:
+    print("error: --run_dir is required", file=sys.stderr)
+    return 2
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import jax  # pylint: disable=g-import-not-at-top
+  # Stages with identical programs (e.g. the two pre-training stages) and reruns reuse
+  # compiled executables instead of recompiling (minutes on 2 cores).
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.join(os.path.abspath(run_dir), "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  from murag import train as train_lib  # pylint: disable=g-import-not-at-top
+  import murag.model  # pylint: disable=g-import-not-at-top,unused-import
+  train_lib.parse_gin(files or [DEFAULT_GIN], bindings, [REPO_ROOT])
+  demo = Demo(run_dir, DemoConfig())
+  demo.run()
+  return 0
+
