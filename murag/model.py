@@ -442,13 +442,6 @@ class MuRAGModel:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
 
 
-def params_axes_to_specs(params_axes):
-  """`params_axes` collection -> tree of logical PartitionSpecs matching `params`."""
-  from flax.linen import partitioning as nn_partitioning  # pylint: disable=g-import-not-at-top
-  from flax.core import frozen_dict  # pylint: disable=g-import-not-at-top
-  return frozen_dict.unfreeze(nn_partitioning.get_axis_names(params_axes))
-
-
 def count_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 

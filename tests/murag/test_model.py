@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from murag import model as model_lib
+from murag import partitioner
 from murag import partitioning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,7 +68,8 @@ def test_params_axes_cover_every_parameter():
   _, variables = tiny_setup()
   params = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables["params"]))
   specs = flax.traverse_util.flatten_dict(flax.core.unfreeze(
-      model_lib.params_axes_to_specs(variables["params_axes"])))
+      partitioner.logical_specs_from_params_axes(variables["params"],
+                                                 variables["params_axes"])))
   assert set(params) == set(specs)
   for key, value in params.items():
     assert len(specs[key]) == value.ndim, (key, specs[key], value.shape)

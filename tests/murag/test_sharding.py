@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from murag import model as model_lib
+from murag import partitioner
 from murag import partitioning
 from tests.murag import test_model
 
@@ -37,7 +37,7 @@ def test_sharded_train_step_equals_single_device():
   mesh = partitioning.make_mesh(num_partitions=2)
   assert dict(mesh.shape) == {"data": 4, "model": 2}
   rules = partitioning.standard_logical_axis_rules()
-  specs = model_lib.params_axes_to_specs(variables["params_axes"])
+  specs = partitioner.logical_specs_from_params_axes(params, variables["params_axes"])
   param_shardings = partitioning.logical_to_sharding(specs, mesh, rules)
   batch_sharding = partitioning.batch_sharding(mesh)
   sharded_params = jax.device_put(params, param_shardings)
