@@ -37,9 +37,10 @@ setuptools.setup(
     install_requires=CORE,
     extras_require={
         "test": ["pytest", "pytest-timeout", "torch==2.13.0", "transformers==4.57.*", "safetensors"],
-        # Beam lets the large converters run on a distributed runner; it is optional
-        # because its protobuf pin conflicts with the rest of the stack's latest releases.
-        "beam": ["apache-beam"],
+        # Beam lets the large converters run on a distributed runner. It is optional and for a
+        # separate conversion environment: apache-beam 2.77.0 needs protobuf<7, pyarrow<26
+        # and pillow<13, below the stack's pins (docs: README, "Apache Beam").
+        "beam": ["apache-beam==2.77.0"],
     },
     include_package_data=True,
 )

@@ -39,7 +39,8 @@ BUILDERS = {
 
 def build(source: str, *, manual_dir: str, data_dir: str, config: Optional[str] = None,
           file_format: str = "tfrecord", use_beam: bool = False,
-          beam_options=None) -> tfds.core.DatasetBuilder:
+          beam_options=None, beam_runner=None,
+          on_file_done=None) -> tfds.core.DatasetBuilder:
   """Converts one raw source into TFDS shards and returns the prepared builder.
 
   Args:
@@ -48,8 +49,11 @@ def build(source: str, *, manual_dir: str, data_dir: str, config: Optional[str] 
     data_dir: TFDS data directory to write to.
     config: builder config name (px224 default; for the memory corpus e.g. webqa_px224).
     file_format: "tfrecord" (read by the seqio tasks) or "array_record" (random access).
-    use_beam: build with Apache Beam (optional dependency; image-caption sources).
-    beam_options: apache_beam PipelineOptions for use_beam.
+    use_beam: build with Apache Beam (optional dependency; laion, cc and paq).
+    beam_options: apache_beam PipelineOptions for use_beam (e.g. the runner's flags).
+    beam_runner: an apache_beam runner for use_beam (default: Beam's DirectRunner).
+    on_file_done: called with a `resume.FileReport` after each input file of the
+      resumable sources (laion, cc); under Beam it runs on the workers.
 
   Returns:
     The prepared tfds builder; its `bad_records` holds the skipped-record counts.
@@ -64,7 +68,10 @@ def build(source: str, *, manual_dir: str, data_dir: str, config: Optional[str] 
     kwargs["config"] = config
   if use_beam:
     kwargs["use_beam"] = True
+  if on_file_done is not None:
+    kwargs["on_file_done"] = on_file_done
   builder = BUILDERS[key](**kwargs)
-  dl_config = tfds.download.DownloadConfig(manual_dir=manual_dir, beam_options=beam_options)
+  dl_config = tfds.download.DownloadConfig(manual_dir=manual_dir, beam_options=beam_options,
+                                           beam_runner=beam_runner)
   builder.download_and_prepare(download_config=dl_config)
   return builder

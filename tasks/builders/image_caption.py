@@ -103,12 +103,16 @@ class _ImageCaptionBuilder(common.MuRAGBuilder, skip_registration=True):
     return files
 
   def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples(self._input_files(dl_manager))}
+    files = self._input_files(dl_manager)
+    self._resumable_inputs = list(files)  # their counts are collected from the cache markers
+    return {"train": self._generate_examples(files)}
 
   def _generate_examples(self, files):
     if self._use_beam:
-      return (common.beam.Create(files)
-              | "ReadShards" >> common.beam.FlatMap(self._examples_of_file))
+      beam = common.beam
+      return (beam.Create(files)
+              | "SpreadShards" >> beam.Reshuffle()
+              | "ConvertShards" >> beam.FlatMap(self._examples_of_file))
     return self._iter_files(files)
 
   def _iter_files(self, files):
@@ -116,21 +120,22 @@ class _ImageCaptionBuilder(common.MuRAGBuilder, skip_registration=True):
       yield from self._examples_of_file(path)
 
   def _examples_of_file(self, path: str):
-    """All (key, example) of one shard; bad records are counted, not raised."""
+    """All (key, example) of one shard, converted once and then reused from the cache."""
+    return self.resumable_examples(path, self._convert_file)
+
+  def _convert_file(self, path: str, counter: common.BadRecordCounter):
+    """Decodes one shard; bad records are counted in `counter`, not raised."""
     shard = os.path.splitext(os.path.basename(path))[0]
-    n_ok = 0
     try:
       for key, raw in self._raw_records(path):
         try:
           ex = self._make_example(shard, key, raw)
         except common.BadRecord as e:
-          self.bad_records.add(path, e.reason, e.detail, key)
+          counter.add(path, e.reason, e.detail, key)
           continue
-        n_ok += 1
         yield ex["id"], ex
     except common.BadRecord as e:  # the file itself is damaged: keep what was read
-      self.bad_records.add(path, e.reason, e.detail)
-    self.bad_records.log_file(path, n_ok)
+      counter.add(path, e.reason, e.detail)
 
   def _raw_records(self, path: str):
     if path.endswith(".tar"):

@@ -12,6 +12,7 @@ key with CoGroupByKey instead.
 """
 import csv
 import json
+import os
 import sys
 
 import numpy as np
@@ -60,7 +61,8 @@ class MuragPaq(common.MuRAGBuilder):
         ("qa", "PAQ.jsonl"), ("meta", "PAQ.metadata.jsonl"), ("psg", "psgs_w100.tsv"))}
     return {"train": self._generate_examples(paths)}
 
-  def _read_jsonl(self, path):
+  def _read_jsonl(self, path, counter=None):
+    counter = self.bad_records if counter is None else counter
     with tf.io.gfile.GFile(path) as f:
       for lineno, line in enumerate(f, 1):
         if not line.strip():
@@ -68,34 +70,33 @@ class MuragPaq(common.MuRAGBuilder):
         try:
           yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
-          self.bad_records.add(path, "malformed_record", str(e), f"line {lineno}")
+          counter.add(path, "malformed_record", str(e), f"line {lineno}")
 
   def _passages(self, path):
     out = {}
     with tf.io.gfile.GFile(path) as f:
-      reader = csv.reader(f, delimiter="\t", quotechar='"')
-      for lineno, row in enumerate(reader, 1):
-        if lineno == 1 and row and row[0] == "id":
-          continue
-        if len(row) < 3:
-          self.bad_records.add(path, "malformed_record", f"{len(row)} columns", f"line {lineno}")
-          continue
-        out[row[0]] = (row[1], row[2])
+      for lineno, row in enumerate(csv.reader(f, delimiter="\t", quotechar='"'), 1):
+        parsed = _passage_row(row, path, f"line {lineno}", self.bad_records)
+        if parsed:
+          out[parsed[0]] = parsed[1]
     return out
 
   def _passage_of(self, paths):
     meta = {}
     for lineno, rec in self._read_jsonl(paths["meta"]):
-      try:
-        meta.setdefault(rec["question"], str(rec["answers"][0]["passage_id"]))
-      except (KeyError, IndexError, TypeError) as e:
-        self.bad_records.add(paths["meta"], "malformed_record", f"no passage_id ({e})",
-                             f"line {lineno}")
+      parsed = _meta_row(rec, paths["meta"], lineno, self.bad_records)
+      if parsed:
+        meta.setdefault(*parsed)
     return meta
 
   def _generate_examples(self, paths):
+    # Not a generator function itself: under Beam it must *return* the PTransform.
     if self._use_beam:
       return self._beam_pipeline(paths)
+    return self._iter_examples(paths)
+
+  def _iter_examples(self, paths):
+    """Plain generator: passages and metadata held in host memory."""
     passages = self._passages(paths["psg"])
     passage_of = self._passage_of(paths)
     n_ok = 0
@@ -129,45 +130,125 @@ class MuragPaq(common.MuRAGBuilder):
             "passage_id": sid, "passage_int_id": stable_int_id(sid), "passage": text,
             "passage_title": title or ""}
 
+  @property
+  def _beam_report_path(self):
+    return os.path.join(self.resume_cache_dir, "beam_bad_records.json")
+
+  def _after_generation(self):
+    super()._after_generation()
+    if self._use_beam:  # the workers' counts, written by the pipeline's report branch
+      with tf.io.gfile.GFile(self._beam_report_path) as f:
+        for path, reason, n, first in json.load(f):
+          self.bad_records.merge(path, {reason: n}, {reason: first})
+
   def _beam_pipeline(self, paths):
-    """Beam: key questions and passages by passage id and join with CoGroupByKey."""
+    """Beam: joins questions -> metadata by question, then -> passages by passage id.
+
+    The same records, ids and skipped-record counts as the plain generator: the QA and
+    metadata files are read by one worker each (the ids are their line numbers), the
+    passages with ReadFromText (split across workers); both joins are CoGroupByKey. On
+    a question with several metadata lines the first one wins, as in the plain generator;
+    for a passage id that occurs twice in psgs_w100.tsv (not the case in the DPR release)
+    either copy may be kept, while the plain generator keeps the last. A passage field
+    with an embedded newline is not supported here (ReadFromText splits on lines). Bad records leave every step on a "bad" output
+    and are written as one JSON report that `_after_generation` merges.
+    """
     beam = common.beam
     builder = self
+    report_path = self._beam_report_path
 
-    def read_lines(path):
-      with tf.io.gfile.GFile(path) as f:
-        for lineno, line in enumerate(f, 1):
-          yield lineno, line
+    def bad_rows(counter):
+      for row in counter.records():
+        yield beam.pvalue.TaggedOutput("bad", row)
 
-    def qa_by_pid(_):
-      passage_of = builder._passage_of(paths)
-      for lineno, rec in builder._read_jsonl(paths["qa"]):
+    def read_qa(path):  # -> (question, (lineno, rec))
+      counter = common.BadRecordCounter()
+      for lineno, rec in builder._read_jsonl(path, counter):
         q = str(rec.get("question", "")).strip() if isinstance(rec, dict) else ""
-        yield passage_of.get(q, ""), (lineno, rec)
+        yield q, (lineno, rec)
+      yield from bad_rows(counter)
 
-    def psg_by_pid(item):
-      lineno, line = item
-      row = line.rstrip("\n").split("\t")
-      if lineno == 1 and row[0] == "id":
-        return
-      if len(row) >= 3:
-        yield row[0], (row[1], row[2])
+    def read_meta(path):  # -> (question, (lineno, passage id))
+      counter = common.BadRecordCounter()
+      for lineno, rec in builder._read_jsonl(path, counter):
+        parsed = _meta_row(rec, path, lineno, counter)
+        if parsed:
+          yield parsed[0], (lineno, parsed[1])
+      yield from bad_rows(counter)
+
+    def parse_passage(line):  # -> (passage id, (text, title))
+      counter = common.BadRecordCounter()
+      for row in csv.reader([line], delimiter="\t", quotechar='"'):
+        parsed = _passage_row(row, paths["psg"], f"line '{line[:40]}'", counter)
+        if parsed:
+          yield parsed
+      yield from bad_rows(counter)
+
+    def by_passage(kv):  # (question, groups) -> (passage id or "", (lineno, rec))
+      _, groups = kv
+      metas = sorted(groups["meta"])
+      pid = metas[0][1] if metas else ""
+      for item in groups["qa"]:
+        yield pid, item
 
     def join(kv):
       pid, groups = kv
-      passages = {pid: groups["psg"][0]} if groups["psg"] else {}
+      found = list(groups["psg"])
+      passages = {pid: found[-1]} if found else {}
+      counter = common.BadRecordCounter()
       for lineno, rec in groups["qa"]:
         try:
-          ex = builder._make_example(rec, pid or None, passages, lineno)
+          ex = builder._make_example(rec, (pid or None) if isinstance(rec, dict) else None,
+                                     passages, lineno)
         except common.BadRecord as e:
-          builder.bad_records.add(paths["qa"], e.reason, e.detail, f"line {lineno}")
+          counter.add(paths["qa"], e.reason, e.detail, f"line {lineno}")
           continue
         yield ex["id"], ex
+      yield from bad_rows(counter)
+
+    def write_report(rows):
+      merged = common.BadRecordCounter()
+      for path, reason, n, first in rows:
+        merged.merge(path, {reason: n}, {reason: first})
+      tf.io.gfile.makedirs(os.path.dirname(report_path))
+      with tf.io.gfile.GFile(report_path, "w") as f:
+        json.dump(merged.records(), f)
 
     def pipeline(root):
-      qa = root | "QA" >> beam.Create([None]) | beam.FlatMap(qa_by_pid)
-      psg = (root | "Psg" >> beam.Create([paths["psg"]]) | beam.FlatMap(read_lines)
-             | beam.FlatMap(psg_by_pid))
-      return {"qa": qa, "psg": psg} | beam.CoGroupByKey() | beam.FlatMap(join)
+      qa = (root | "QAFile" >> beam.Create([paths["qa"]])
+            | "ReadQA" >> beam.FlatMap(read_qa).with_outputs("bad", main="ok"))
+      meta = (root | "MetaFile" >> beam.Create([paths["meta"]])
+              | "ReadMeta" >> beam.FlatMap(read_meta).with_outputs("bad", main="ok"))
+      psg = (root | "ReadPassages" >> beam.io.ReadFromText(paths["psg"])
+             | "ParsePassages" >> beam.FlatMap(parse_passage).with_outputs("bad", main="ok"))
+      qa_pid = ({"qa": qa.ok, "meta": meta.ok} | "JoinMeta" >> beam.CoGroupByKey()
+                | "ByPassage" >> beam.FlatMap(by_passage))
+      out = ({"qa": qa_pid, "psg": psg.ok} | "JoinPassages" >> beam.CoGroupByKey()
+             | "MakeExamples" >> beam.FlatMap(join).with_outputs("bad", main="ok"))
+      _ = ((qa.bad, meta.bad, psg.bad, out.bad) | "AllBad" >> beam.Flatten()
+           | "CollectBad" >> beam.combiners.ToList()
+           | "WriteBadReport" >> beam.Map(write_report))
+      return out.ok
 
     return beam.ptransform_fn(pipeline)()  # pylint: disable=no-value-for-parameter
+
+
+def _passage_row(row, path, key, counter):
+  """(passage id, (text, title)) of a psgs_w100.tsv row; None for the header or a bad row."""
+  if row[:1] == ["id"]:
+    return None
+  if len(row) < 3:
+    counter.add(path, "malformed_record", f"{len(row)} columns", key)
+    return None
+  return row[0], (row[1], row[2])
+
+
+def _meta_row(rec, path, lineno, counter):
+  """(question, passage id of its first answer) of a PAQ.metadata.jsonl record, or None."""
+  try:
+    question = rec["question"]
+    hash(question)
+    return question, str(rec["answers"][0]["passage_id"])
+  except (KeyError, IndexError, TypeError) as e:
+    counter.add(path, "malformed_record", f"no passage_id ({e})", f"line {lineno}")
+    return None
