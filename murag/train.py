@@ -141,6 +141,8 @@ def train(
     infer_eval_fn: Optional[Callable[..., dict]] = None,
     stop_after_steps: Optional[int] = None,
     lower_only: bool = False,
+    step_callback: Optional[Callable[[int, Any], None]] = None,
+    log_grad_norm: bool = False,
 ) -> tuple[int, Any]:
   """Trains `model` until step `total_steps`, resuming from `model_dir` when possible.
 
@@ -170,6 +172,12 @@ def train(
     lower_only: build the sharded state abstractly and lower the train step for the
       configured shapes without reading data or allocating parameters (a dry run of a
       full-size configuration); returns (0, the `jax.stages.Lowered`).
+    step_callback: optional `(step, state) -> None` called on every host at the end of each
+      step, after that step's logging, NaN check, checkpoint and eval (monitoring hooks,
+      benchmarks/train_throughput.py). It may read `state` but must not keep it: the state is
+      donated to the next step.
+    log_grad_norm: also log the global gradient norm (`train/grad_norm`); it costs a
+      cross-device reduction per step (see `trainer.Trainer.log_grad_norm`).
 
   Returns:
     (final step, final TrainState), or (0, Lowered) with lower_only.
@@ -188,7 +196,8 @@ def train(
     shapes, types = model_feature_shapes(train_dataset_cfg.batch_size,
                                          train_dataset_cfg.task_feature_lengths, converter)
     trainer = trainer_lib.Trainer(model=model, optimizer=optimizer, partitioner=partitioner,
-                                  input_shapes=shapes, input_types=types)
+                                  input_shapes=shapes, input_types=types,
+                                  log_grad_norm=log_grad_norm)
     return 0, trainer.lower_train_step()
   os.makedirs(model_dir, exist_ok=True)
 
@@ -197,7 +206,8 @@ def train(
   shapes, types = trainer_lib.shapes_and_types(_peek_batch(data_iter), jax.process_count())
   global_batch = next(iter(shapes.values()))[0]
   trainer = trainer_lib.Trainer(model=model, optimizer=optimizer, partitioner=partitioner,
-                                input_shapes=shapes, input_types=types)
+                                input_shapes=shapes, input_types=types,
+                                log_grad_norm=log_grad_norm)
 
   ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint_cfg)
   latest = ckpt.latest_step()
@@ -253,8 +263,7 @@ def train(
       raise ValueError(f"training data of {train_dataset_cfg!r} ran out at step {step} "
                        f"(< total_steps={total_steps}); use a repeating dataset") from None
     input_wait += time.time() - t0
-    batch = partitioner.host_batch_to_global(host_batch)
-    state, metrics = trainer.train_step(state, batch)
+    state, metrics = trainer.train_step(state, trainer.put_batch(host_batch))
     pending.append(metrics)
     step += 1
     if step % log_period == 0 or step == end_step:
@@ -285,6 +294,8 @@ def train(
                  train_eval_dataset_cfg=train_eval_dataset_cfg,
                  infer_eval_dataset_cfg=infer_eval_dataset_cfg, eval_steps=eval_steps,
                  infer_eval_fn=infer_eval_fn, model_dir=model_dir)
+    if step_callback is not None:
+      step_callback(step, state)
   ckpt.close()
   writer.flush()
   if is_primary:
@@ -306,8 +317,7 @@ def _run_evals(*, model, trainer, state, writer, step, get_dataset_fn, converter
         host_batch = next(it)
       except StopIteration:
         break
-      results.append(trainer.eval_step(state.params, partitioner.host_batch_to_global(
-          host_batch)))
+      results.append(trainer.eval_step(state.params, trainer.put_batch(host_batch)))
     if results:
       writer.write_scalars(step, {f"eval/{k}": v for k, v in _mean_metrics(results).items()})
   if infer_eval_dataset_cfg is not None:
@@ -422,6 +432,11 @@ def main(argv: Sequence[str], entry: Callable[[], Any] = None):
   if not files:
     raise ValueError("at least one --gin_file is required")
   logging.set_verbosity(logging.INFO)
+  # Task modules imported later (by DatasetConfig.module) attach metric functions whose
+  # modules declare gin configurables; gin refuses new configurables once finalized, so
+  # they are registered first (this also lets gin files bind them).
+  import tasks.metrics.bartscore  # pylint: disable=g-import-not-at-top,unused-import
+  import tasks.metrics.generation  # pylint: disable=g-import-not-at-top,unused-import
   parse_gin(files, bindings, paths)
   gin.finalize()
   process_environment()

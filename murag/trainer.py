@@ -69,12 +69,17 @@ class Trainer:
     partitioner: a `murag.partitioner.Partitioner`.
     input_shapes: global-batch shapes of every model feature.
     input_types: dtypes of every model feature.
+    log_grad_norm: also return the global gradient norm as metric `grad_norm`. Off by default,
+      like t5x (which reports no gradient norm unless a WeightMetricsComputer is set): on a
+      sharded model it adds a cross-device reduction over every gradient to each step,
+      measured at about 4% of the tiny MuRAG's step time on 8 CPU devices.
   """
   model: Any
   optimizer: optax.GradientTransformation
   partitioner: partitioner_lib.Partitioner
   input_shapes: Mapping[str, tuple]
   input_types: Mapping[str, Any]
+  log_grad_norm: bool = False
 
   def __post_init__(self):
     self.partitioner.check_global_batch_size(int(next(iter(self.input_shapes.values()))[0]))
@@ -101,6 +106,7 @@ class Trainer:
         self.state_shardings)
     self.learning_rate_fn = getattr(self.optimizer, "learning_rate_fn", None)
     batch_sharding = self.partitioner.batch_sharding()
+    self._batch_sharding = batch_sharding
     self._train_step = jax.jit(self._train_step_impl,
                                in_shardings=(self.state_shardings, batch_sharding),
                                out_shardings=(self.state_shardings, replicated),
@@ -145,7 +151,8 @@ class Trainer:
     params = optax.apply_updates(state.params, updates)
     out = scalar_metrics(metrics)
     out["loss"] = loss.astype(jnp.float32)
-    out["grad_norm"] = optax.global_norm(grads).astype(jnp.float32)
+    if self.log_grad_norm:
+      out["grad_norm"] = optax.global_norm(grads).astype(jnp.float32)
     if self.learning_rate_fn is not None:
       out["learning_rate"] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -157,11 +164,22 @@ class Trainer:
     out["loss"] = jnp.asarray(loss, jnp.float32)
     return out
 
+  def put_batch(self, host_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This host's rows -> the global batch, sharded over `data`.
+
+    One process: a single batched `jax.device_put` of the whole feature dict. Several
+    processes: `partitioner.host_batch_to_global` (each host contributes its rows).
+    """
+    if jax.process_count() == 1:
+      return jax.device_put(dict(host_batch), self._batch_sharding)
+    return self.partitioner.host_batch_to_global(host_batch)
+
   def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
     """One optimizer step on a global (sharded) batch. Donates `state`.
 
     Returns:
-      (new state, dict of scalar metrics: loss, grad_norm, learning_rate, model metrics).
+      (new state, dict of scalar metrics: loss, learning_rate, model metrics, and
+      grad_norm when `log_grad_norm`).
     """
     with jax.set_mesh(self.partitioner.mesh):
       return self._train_step(state, batch)

@@ -104,3 +104,15 @@ def test_base_config_train_step_lowers_abstractly():
   batch_info = lowered.args_info[0][1]
   assert batch_info["memory_images"].shape == (64, 8, 224, 224, 3)
   assert not os.path.exists("/nonexistent/never_written")
+
+
+def test_metric_modules_imported_after_gin_is_locked_do_not_fail():
+  """Task modules imported by the entry point (after gin.finalize) attach WebQA metrics."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("from murag import train; import importlib; "
+          "train.main(['--gin_file=gin_configs/models/murag_tiny.gin'], "
+          "entry=lambda: importlib.import_module('tasks.metrics.webqa')); print('ok')")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

@@ -58,12 +58,17 @@ def test_train_loss_decreases_checkpoints_and_resumes_exactly(tmp_path, capsys):
 
 def test_metrics_written_to_tensorboard(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
+  seen = []
   _run(tmp_path, 4, train_eval_dataset_cfg=toy_model.ToyDatasetConfig(seed=1), eval_period=4,
-       eval_steps=2)
+       eval_steps=2, step_callback=lambda step, state: seen.append((step, int(state.step))),
+       log_grad_norm=True)
+  # step_callback runs once per step, after the step, with the state of that step.
+  assert seen == [(1, 1), (2, 2), (3, 3), (4, 4)], seen
   acc = event_accumulator.EventAccumulator(str(tmp_path / "train"))
   acc.Reload()
   tags = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
-  for tag in ("train/loss", "train/accuracy", "train/learning_rate", "timing/steps_per_sec",
+  for tag in ("train/loss", "train/accuracy", "train/learning_rate", "train/grad_norm",
+              "timing/steps_per_sec",
               "timing/examples_per_sec", "timing/eta_seconds", "timing/input_wait_seconds",
               "eval/loss", "eval/accuracy"):
     assert tag in tags, (tag, sorted(tags))
