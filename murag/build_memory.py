@@ -17,7 +17,12 @@ and full-wiki evaluation then search that global memory. This binary:
    checkpoint + corpus) and builds a `MemoryIndex` over the memory-mapped
    shards (`index/`);
 4. optionally writes fixed-retrieval neighbour files (tasks/neighbours.py
-   format) for query tasks, and reports full-wiki retrieval metrics.
+   format) for query tasks, and reports full-wiki retrieval metrics. Several
+   (task, split) entries may share one file (the fixed tasks read one file per
+   dataset for every split); it is written once, atomically;
+5. optionally (beyond the paper) mines hard negatives: per training question
+   the top-ranked index items that are not its positives
+   (murag/memory/hard_negatives.py), for the *_inbatch_hardneg_v1 tasks.
 
   python -m murag.build_memory --gin_file=gin_configs/experiments/... \
       --gin.build_memory.output_dir=\"/tmp/memory\"
@@ -30,7 +35,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import gin
@@ -255,24 +260,20 @@ def string_ids_for(int_ids: np.ndarray, corpus_ids: Sequence[str]) -> List[str]:
   return out
 
 
-@gin.configurable(denylist=["params", "index"])
-def write_neighbours(*, model, params, index, query_cfg: pipeline.DatasetConfig,
-                     out_path: str, k: int = 4, memory_slots: int = 4,
-                     image_size: Optional[int] = None) -> Dict[str, float]:
-  """Top-k global neighbours of every example of a query task -> JSONL.
+def embed_queries(*, model, params, query_cfg: pipeline.DatasetConfig,
+                  memory_slots: int = 4, image_size: Optional[int] = None
+                  ) -> Tuple[List[str], np.ndarray, List[List[str]]]:
+  """Retrieval embeddings of every example of a query task, in dataset order.
 
   Args:
     model: a MuRAGModel; params: its parameters.
-    index: a MemoryIndex / ShardedIndex over the corpus (string ids).
-    query_cfg: the query task (e.g. webqa_inbatch_v1, split train/validation).
-    out_path: tasks/neighbours.py JSONL file written.
-    k: neighbours per example.
+    query_cfg: the query task (e.g. webqa_inbatch_v1, split train/validation);
+      read once, unshuffled.
     memory_slots, image_size: feature converter settings.
 
   Returns:
-    Full-wiki retrieval metrics (recall@K, MRR, F1) of the written lists.
+    (question ids [Q], query embeddings [Q, D] float32, positive ids [Q][P]).
   """
-  from tasks.metrics import retrieval  # pylint: disable=g-import-not-at-top
   cfg = pipeline.DatasetConfig(**{**vars(query_cfg), "shuffle": False,
                                   "num_epochs": 1, "drop_remainder": False})
   converter = model.FEATURE_CONVERTER_CLS(
@@ -284,30 +285,147 @@ def write_neighbours(*, model, params, index, query_cfg: pipeline.DatasetConfig,
                              "pos": ex["positive_ids"]}).padded_batch(b)
   feats = converter(raw, dict(cfg.task_feature_lengths)).batch(b)
   embed = jax.jit(model.embed_query)
-  example_ids, ids_out, scores_out, targets = [], [], [], []
+  example_ids, embs, positives = [], [], []
   for m, batch in tf.data.Dataset.zip((meta, feats)).as_numpy_iterator():
-    q = np.asarray(embed(params, batch), np.float32)  # [B, D]
-    ids, scores = index.search(q, k)
+    embs.append(np.asarray(embed(params, batch), np.float32))  # [B, D]
     example_ids += [s.decode("utf-8") for s in m["id"]]
-    ids_out.append(ids)
-    scores_out.append(scores)
-    targets += [{"positive_ids": [p.decode("utf-8") for p in row if p]}
-                for row in m["pos"]]
-  ids = np.concatenate(ids_out)
-  scores = np.concatenate(scores_out)
-  nb.NeighbourTable.from_arrays(example_ids, ids, scores).write_jsonl(out_path)
+    positives += [[p.decode("utf-8") for p in row if p] for row in m["pos"]]
+  if not embs:
+    raise ValueError(f"query task {cfg.mixture_or_task_name!r} split "
+                     f"{cfg.split!r} has no examples")
+  return example_ids, np.concatenate(embs), positives
+
+
+def search_neighbours(*, model, params, index, query_cfg: pipeline.DatasetConfig,
+                      k: int = 4, memory_slots: int = 4,
+                      image_size: Optional[int] = None):
+  """Top-k global neighbours of every example of a query task.
+
+  Returns:
+    (nb.NeighbourTable, full-wiki retrieval metrics of its lists (recall@K,
+    MRR, F1; `tasks.metrics.retrieval`)).
+  """
+  from tasks.metrics import retrieval  # pylint: disable=g-import-not-at-top
+  example_ids, q, positives = embed_queries(
+      model=model, params=params, query_cfg=query_cfg,
+      memory_slots=memory_slots, image_size=image_size)
+  ids, scores = index.search(q, k)  # [Q, k] best first
+  table = nb.NeighbourTable.from_arrays(example_ids, ids, scores)
+  targets = [{"positive_ids": p} for p in positives]
   preds = [{"retrieved_ids": list(map(str, r)),
             "retrieved_scores": list(map(float, s))} for r, s in zip(ids, scores)]
-  return retrieval.retrieval_metrics(targets, preds, ks=sorted({1, k}))
+  return table, retrieval.retrieval_metrics(targets, preds, ks=sorted({1, k}))
+
+
+def write_table(tables: Sequence[nb.NeighbourTable], out_path: str,
+                labels: Sequence[str] = ()) -> int:
+  """Writes several neighbour tables into one JSONL file, atomically.
+
+  Args:
+    tables: the tables (e.g. one per split).
+    out_path: the file (tasks/neighbours.py format), replaced in one rename.
+    labels: names of the tables for error messages.
+
+  Returns:
+    The number of records written.
+
+  Raises:
+    ValueError: an example id occurs in two tables.
+  """
+  seen: Dict[str, str] = {}
+  records = []
+  for i, table in enumerate(tables):
+    label = labels[i] if i < len(labels) else str(i)
+    for rec in table:
+      if rec.example_id in seen:
+        raise ValueError(f"{out_path}: example id {rec.example_id!r} occurs in "
+                         f"both {seen[rec.example_id]} and {label}")
+      seen[rec.example_id] = label
+      records.append(rec)
+  tmp = out_path + ".tmp"
+  nb.NeighbourTable(records).write_jsonl(tmp)
+  os.replace(tmp, out_path)
+  return len(records)
+
+
+@gin.configurable(denylist=["params", "index"])
+def write_neighbours(*, model, params, index, query_cfg: pipeline.DatasetConfig,
+                     out_path: str, k: int = 4, memory_slots: int = 4,
+                     image_size: Optional[int] = None) -> Dict[str, float]:
+  """Top-k global neighbours of every example of a query task -> JSONL.
+
+  Args:
+    model: a MuRAGModel; params: its parameters.
+    index: a MemoryIndex / ShardedIndex over the corpus (string ids).
+    query_cfg: the query task (e.g. webqa_inbatch_v1, split train/validation).
+    out_path: tasks/neighbours.py JSONL file written (atomically).
+    k: neighbours per example.
+    memory_slots, image_size: feature converter settings.
+
+  Returns:
+    Full-wiki retrieval metrics (recall@K, MRR, F1) of the written lists.
+  """
+  table, metrics = search_neighbours(
+      model=model, params=params, index=index, query_cfg=query_cfg, k=k,
+      memory_slots=memory_slots, image_size=image_size)
+  write_table([table], out_path)
+  return metrics
+
+
+def neighbour_groups(entries: Sequence[Tuple[str, Any, str]],
+                     binding: str = "build_memory.neighbour_tasks"
+                     ) -> Dict[str, List[Tuple[str, str]]]:
+  """Groups (task, split or splits, file name) entries by output file.
+
+  Several entries may name the same file, and an entry may give a tuple of
+  splits: all their records go into that one file (what the fixed tasks read
+  for every split).
+
+  Returns:
+    file name -> [(task, split), ...] in the given order.
+  """
+  groups: Dict[str, List[Tuple[str, str]]] = {}
+  for i, entry in enumerate(entries):
+    if not isinstance(entry, (tuple, list)) or len(entry) != 3:
+      raise ValueError(f"{binding}[{i}] = {entry!r}: expected (task name, split "
+                       "or tuple of splits, output file name)")
+    task, splits, name = entry
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits or not all(isinstance(s, str) and s for s in splits):
+      raise ValueError(f"{binding}[{i}] = {entry!r}: bad split(s)")
+    for split in splits:
+      if (task, split) in groups.setdefault(name, []):
+        raise ValueError(f"{binding}[{i}]: ({task!r}, {split!r}) is listed twice "
+                         f"for {name!r}")
+      groups[name].append((task, split))
+  return groups
+
+
+def load_model_params(model, lengths: Mapping[str, int],
+                      checkpoint_path: Optional[str], random_seed: int = 0):
+  """Parameters of `model` from an orbax checkpoint (or a fresh init if None)."""
+  from murag import checkpoints  # pylint: disable=g-import-not-at-top
+  shapes = {"memory_tokens": (1, 1, lengths["memory_tokens"]),
+            "decoder_input_tokens": (1, lengths["targets"])}
+  params = model.get_initial_variables(jax.random.PRNGKey(random_seed),
+                                       shapes)["params"]
+  if checkpoint_path:
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        params)
+    params = checkpoints.load_params(checkpoint_path, abstract, strict=True)
+  return params
 
 
 @gin.configurable
 def build_memory(*, model, output_dir: str, corpus_cfg: pipeline.DatasetConfig,
                  checkpoint_path: Optional[str] = None, random_seed: int = 0,
                  index_config: Optional[index_lib.IndexConfig] = None,
-                 neighbour_tasks: Sequence[Tuple[str, str, str]] = (),
+                 neighbour_tasks: Sequence[Tuple[str, Any, str]] = (),
                  query_cfg: Optional[pipeline.DatasetConfig] = None,
-                 k: int = 4, batches_per_shard: int = 64) -> dict:
+                 k: int = 4, batches_per_shard: int = 64,
+                 hard_negative_tasks: Sequence[Tuple[str, Any, str]] = (),
+                 num_hard_negatives: int = 8) -> dict:
   """Encode the corpus, build the index, write neighbour files (see module doc).
 
   Args:
@@ -318,25 +436,33 @@ def build_memory(*, model, output_dir: str, corpus_cfg: pipeline.DatasetConfig,
       None uses freshly initialised parameters (smoke tests only).
     random_seed: init seed when no checkpoint is given.
     index_config: MemoryIndex settings (default: gin's IndexConfig()).
-    neighbour_tasks: (task name, split, output file name) triples.
+    neighbour_tasks: (task name, split or tuple of splits, output file name)
+      entries. Entries naming the same file are written into it together
+      (one atomic write), e.g. [("webqa_inbatch_v1", ("train", "validation"),
+      "webqa_neighbours.jsonl")] gives the fixed tasks neighbours for both
+      splits.
     query_cfg: DatasetConfig template for those tasks (lengths, batch size).
     k: neighbours per query.
     batches_per_shard: embedding shard size in batches (resume granularity).
+    hard_negative_tasks: entries like `neighbour_tasks`; for their questions
+      the top-ranked items that are not positives are written
+      (murag/memory/hard_negatives.py; read by the *_inbatch_hardneg_v1 tasks).
+    num_hard_negatives: mined negatives per question.
 
   Returns:
-    A summary dict (counts, fingerprint, retrieval metrics per neighbour file).
+    A summary dict: counts, fingerprint; for each neighbour file its retrieval
+    metrics (recall@K, MRR, F1; for a file with several (task, split) entries
+    a dict keyed "task/split"); "retrieval": {"task/split": metrics} for every
+    entry; "hard_negatives": {file: records written}.
   """
-  from murag import checkpoints  # pylint: disable=g-import-not-at-top
-  lengths = dict(corpus_cfg.task_feature_lengths)
-  shapes = {"memory_tokens": (1, 1, lengths["memory_tokens"]),
-            "decoder_input_tokens": (1, lengths["targets"])}
-  init = model.get_initial_variables(jax.random.PRNGKey(random_seed), shapes)
-  params = init["params"]
-  if checkpoint_path:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        params)
-    params = checkpoints.load_params(checkpoint_path, abstract, strict=True)
+  groups = neighbour_groups(neighbour_tasks)
+  hard_groups = neighbour_groups(hard_negative_tasks,
+                                 "build_memory.hard_negative_tasks")
+  if (groups or hard_groups) and query_cfg is None:
+    raise ValueError("build_memory.neighbour_tasks / hard_negative_tasks need "
+                     "build_memory.query_cfg")
+  params = load_model_params(model, dict(corpus_cfg.task_feature_lengths),
+                             checkpoint_path, random_seed)
   ckpt_digest = params_fingerprint(params)
   summary = encode_corpus(model=model, params=params, corpus_cfg=corpus_cfg,
                           output_dir=output_dir,
@@ -358,16 +484,40 @@ def build_memory(*, model, output_dir: str, corpus_cfg: pipeline.DatasetConfig,
                                       config=index_config)
   index.save(os.path.join(output_dir, "index"))
   summary.update(fingerprint=fingerprint, index_kind=index.kind,
-                 items=len(str_ids))
-  for task, split, name in neighbour_tasks:
-    if query_cfg is None:
-      raise ValueError("build_memory.neighbour_tasks needs build_memory.query_cfg")
-    cfg = pipeline.DatasetConfig(**{**vars(query_cfg),
-                                    "mixture_or_task_name": task,
-                                    "split": split})
-    summary[name] = write_neighbours(model=model, params=params, index=index,
-                                     query_cfg=cfg, k=k,
-                                     out_path=os.path.join(output_dir, name))
+                 items=len(str_ids), retrieval={})
+
+  def task_cfg(task, split):
+    return pipeline.DatasetConfig(**{**vars(query_cfg),
+                                     "mixture_or_task_name": task,
+                                     "split": split})
+
+  for name, entries in groups.items():
+    tables, per_entry = [], {}
+    for task, split in entries:
+      table, metrics = search_neighbours(model=model, params=params, index=index,
+                                         query_cfg=task_cfg(task, split), k=k)
+      tables.append(table)
+      per_entry[f"{task}/{split}"] = metrics
+      logging.info("%s %s/%s: %d records, %s", name, task, split, len(table),
+                   metrics)
+    write_table(tables, os.path.join(output_dir, name), list(per_entry))
+    summary["retrieval"].update(per_entry)
+    summary[name] = (next(iter(per_entry.values())) if len(per_entry) == 1
+                     else per_entry)
+  if hard_groups:
+    from murag.memory import hard_negatives  # pylint: disable=g-import-not-at-top
+    summary["hard_negatives"] = {}
+    for name, entries in hard_groups.items():
+      all_ex, all_ids, all_scores = [], [], []
+      for task, split in entries:
+        ex_ids, q, positives = embed_queries(model=model, params=params,
+                                             query_cfg=task_cfg(task, split))
+        ids, scores = hard_negatives.mine(index, q, positives, num_hard_negatives)
+        all_ex += ex_ids
+        all_ids += ids
+        all_scores += scores
+      summary["hard_negatives"][name] = hard_negatives.write_jsonl(
+          os.path.join(output_dir, name), all_ex, all_ids, all_scores)
   _atomic_json(os.path.join(output_dir, "summary.json"), summary)
   return summary
 

@@ -81,11 +81,12 @@ def _stack(feats, rows):
   return {k: np.stack([f[k] for f in feats]) for k in feats[0]}
 
 
-def _retrieved_ids_as_strings(ids, raw) -> list:
+def _retrieved_ids_as_strings(ids, raw, id_strings=None) -> list:
   from tasks import neighbours  # pylint: disable=g-import-not-at-top
   positives = [_str(p) for p in raw.get("positive_ids", [])]
   to_str = {int(i): p for p, i in zip(positives, neighbours.stable_int_ids(positives))}
-  return [to_str.get(int(i), str(int(i))) for i in ids]
+  id_strings = id_strings or {}
+  return [to_str.get(int(i), id_strings.get(int(i), str(int(i)))) for i in ids]
 
 
 def make_predict_fn(model, partitioner, param_shardings, num_decodes: Optional[int]):
@@ -106,7 +107,8 @@ def make_predict_fn(model, partitioner, param_shardings, num_decodes: Optional[i
 
 def predict_and_score(*, model, params, param_shardings, dataset_cfg, partitioner, output_dir,
                       num_decodes: Optional[int] = None, max_examples: Optional[int] = None,
-                      feature_converter=None, compute_metrics: bool = True) -> dict:
+                      feature_converter=None, compute_metrics: bool = True,
+                      retrieved_id_strings: Optional[Mapping[int, str]] = None) -> dict:
   """Writes predictions JSONL per task and returns {task: {metric: value}}.
 
   Args:
@@ -121,6 +123,8 @@ def predict_and_score(*, model, params, param_shardings, dataset_cfg, partitione
     max_examples: evaluate at most this many examples per task.
     feature_converter: the model's converter instance.
     compute_metrics: run the tasks' metric functions.
+    retrieved_id_strings: optional int memory id -> string id map (e.g. of the whole
+      corpus, for full-wiki evaluation); retrieved ids found in it are written as strings.
   """
   import importlib  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
@@ -156,7 +160,7 @@ def predict_and_score(*, model, params, param_shardings, dataset_cfg, partitione
               "question_id": _str(raw.get("question_id", "")),
               "answer": task.postprocess_fn(answer, example=raw, is_target=False)
                         if task.postprocess_fn else answer,
-              "retrieved_ids": _retrieved_ids_as_strings(ids, raw),
+              "retrieved_ids": _retrieved_ids_as_strings(ids, raw, retrieved_id_strings),
               "retrieved_scores": [float(s) for s in scores],
               "targets": (task.postprocess_fn(_str(raw.get("targets_pretokenized", "")),
                                               example=raw, is_target=True)

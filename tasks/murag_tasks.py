@@ -10,6 +10,8 @@
 | mmqa_inbatch_v1     | murag_mmqa/<cfg>                  | question            | positives + negatives | 1        |
 | webqa_fixed_v1      | murag_webqa + neighbour file      | question            | global top-K          | 1        |
 | mmqa_fixed_v1       | murag_mmqa + neighbour file       | question            | global top-K          | 1        |
+| webqa_inbatch_hardneg_v1 | murag_webqa + mined negatives | question            | positives + mined + own negatives | 1 |
+| mmqa_inbatch_hardneg_v1  | murag_mmqa + mined negatives  | question            | positives + mined + own negatives | 1 |
 | webqa_memory_v1     | murag_memory_corpus/webqa_<cfg>   | (empty)             | one corpus item       | 0        |
 | mmqa_memory_v1      | murag_memory_corpus/mmqa_<cfg>    | (empty)             | one corpus item       | 0        |
 
@@ -20,7 +22,12 @@ Evaluation (validation split) uses the same tasks: webqa_* carry
 MURAG_TFDS_CONFIG says otherwise; `register_all(image_config=..., data_dir=...)`
 re-registers every task for another config / data directory (tests use px32).
 The fixed tasks read `<MURAG_NEIGHBOURS_DIR>/{webqa,mmqa}_neighbours.jsonl`
-(tasks/neighbours.py format) when their dataset is first built.
+(tasks/neighbours.py format) when their dataset is first built; the *_inbatch_hardneg_v1
+tasks (beyond the paper: in-batch training with hard negatives mined from the global index,
+`tasks.neighbours.add_hard_negatives`) read
+`<MURAG_NEIGHBOURS_DIR>/{webqa,mmqa}_hard_negatives.jsonl`.
+`register_with_neighbours` derives a fixed task reading another neighbour file (full-wiki
+evaluation, murag/evaluate_fullwiki.py).
 """
 import functools
 import os
@@ -34,6 +41,7 @@ VERSION = "1.0.0"
 TASK_NAMES = ("laion_caption_v1", "cc_caption_v1", "vqa_qa_v1", "paq_qa_v1", "webqa_inbatch_v1",
               "mmqa_inbatch_v1", "webqa_fixed_v1", "mmqa_fixed_v1", "webqa_memory_v1",
               "mmqa_memory_v1")
+HARDNEG_TASK_NAMES = ("webqa_inbatch_hardneg_v1", "mmqa_inbatch_hardneg_v1")
 
 
 # Metric functions are imported when first called: tasks.metrics pulls in heavier
@@ -114,11 +122,59 @@ def register_all(image_config: Optional[str] = None, data_dir: Optional[str] = N
     registration.register_qa_with_sources_task(
         f"{ds}_fixed_v1", name(f"murag_{ds}"), to_murag=to_murag, metric_fns=[metric],
         postprocess_fn=post, extra_preprocessors=[join], **kw)
+    hn_path = os.path.join(neighbours_dir or os.environ.get("MURAG_NEIGHBOURS_DIR", ""),
+                           f"{ds}_hard_negatives.jsonl")
+    hardneg = functools.partial(nb.add_hard_negatives, negatives_path=hn_path,
+                                corpus_tfds_name=name("murag_memory_corpus", f"{ds}_{cfg}"),
+                                corpus_data_dir=data_dir)
+    registration.register_qa_with_sources_task(
+        f"{ds}_inbatch_hardneg_v1", name(f"murag_{ds}"), to_murag=to_murag,
+        metric_fns=[metric], postprocess_fn=post, extra_preprocessors=[hardneg], **kw)
     registration.register_memory_corpus_task(
         f"{ds}_memory_v1", name("murag_memory_corpus", f"{ds}_{cfg}"), tfds_data_dir=data_dir,
         vocabulary=vocabulary)
   from tasks import mixtures  # pylint: disable=g-import-not-at-top
   mixtures.register_mixtures()
+
+
+def register_with_neighbours(base_task: str, new_task: str, neighbours_path: str,
+                             top_k: Optional[int] = None):
+  """Registers `new_task`: a copy of the fixed task `base_task` reading another neighbour file.
+
+  Source, preprocessors (data dir, image config, vocabulary), metrics and postprocessor are
+  those `base_task` was registered with; only the neighbour join's file (and optionally its
+  top-K) change. Used by the full-wiki evaluation to read neighbours it computed itself.
+
+  Args:
+    base_task: a registered task with a `tasks.neighbours.add_fixed_neighbours` step
+      (webqa_fixed_v1, mmqa_fixed_v1).
+    new_task: name of the derived task (replaced if registered).
+    neighbours_path: the neighbour file it reads.
+    top_k: neighbours kept (None: the base task's).
+
+  Returns:
+    The registered seqio.Task.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  task = seqio.get_mixture_or_task(base_task)
+  steps, found = [], False
+  for p in task.preprocessors:
+    if isinstance(p, functools.partial) and p.func is nb.add_fixed_neighbours:
+      kw = {"neighbours_path": neighbours_path}
+      if top_k is not None:
+        kw["k"] = top_k
+      p = functools.partial(p, **kw)
+      found = True
+    steps.append(p)
+  if not found:
+    raise ValueError(f"task {base_task!r} has no fixed-retrieval neighbour join "
+                     "(expected a task like webqa_fixed_v1)")
+  if new_task in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(new_task)
+  return seqio.TaskRegistry.add(
+      new_task, source=task.source, preprocessors=steps, output_features=task.output_features,
+      postprocess_fn=task.postprocess_fn, metric_fns=list(task.metric_fns),
+      shuffle_buffer_size=task.shuffle_buffer_size)
 
 
 register_all()

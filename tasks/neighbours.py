@@ -216,6 +216,104 @@ def load_corpus_items(tfds_name: str, data_dir: Optional[str], wanted: Optional[
   return out
 
 
+class _JoinedTable:
+  """A neighbour file joined with the memory corpus, as tf constants (host memory).
+
+  Attributes: example_ids [N] str; rows [N, K] row into the item table (-1 pad);
+  scores [N, K]; counts [N]; item_text / item_image / item_sid [I] tf.string;
+  item_int [I] tf.int32; lookup: question id -> row in [0, N) or -1.
+  """
+
+  def __init__(self, path: str, corpus_tfds_name: str, corpus_data_dir: Optional[str],
+               k: Optional[int]):
+    table = NeighbourTable.from_jsonl(path)
+    if not len(table):
+      raise ValueError(f"{path}: no records")
+    if k is None:
+      k = max([len(r.neighbour_ids) for r in table] or [1])
+    wanted = {i for r in table for i in r.neighbour_ids[:k]}
+    corpus = load_corpus_items(corpus_tfds_name, corpus_data_dir, wanted)
+    self.example_ids = [r.example_id for r in table]
+    joined = join_neighbours(table, corpus, self.example_ids, k)
+    items = sorted(wanted)
+    item_row = {s: i for i, s in enumerate(items)}
+    n = len(self.example_ids)
+    rows = np.full([n, k], -1, np.int32)  # [N, K] row into the item table
+    scores = np.zeros([n, k], np.float32)
+    counts = np.zeros([n], np.int32)
+    for e, ex_id in enumerate(self.example_ids):
+      j = joined[ex_id]
+      c = len(j["memory_string_ids"])
+      counts[e] = c
+      rows[e, :c] = [item_row[s] for s in j["memory_string_ids"]]
+      scores[e, :c] = j["memory_scores"]
+    self.item_text = tf.constant([corpus[s]["text"] for s in items] or [""], tf.string)
+    self.item_image = tf.constant([corpus[s]["image"] for s in items] or [b""], tf.string)
+    self.item_sid = tf.constant(items or [""], tf.string)
+    self.item_int = tf.constant(stable_int_ids(items) if items else [0], tf.int32)
+    self.lookup = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(self.example_ids or [""], tf.string),
+                                            tf.range(max(n, 1), dtype=tf.int64)),
+        default_value=-1)
+    self.rows, self.scores, self.counts = (tf.constant(rows), tf.constant(scores),
+                                           tf.constant(counts))
+
+
+def add_hard_negatives(dataset, negatives_path: str, corpus_tfds_name: str,
+                       corpus_data_dir: Optional[str] = None,
+                       num_negatives: Optional[int] = None):
+  """seqio preprocessor: refreshes in-batch negatives with mined hard negatives.
+
+  Beyond the paper (its limitations name the lack of hard-negative mining): the file
+  (neighbour-file format, written by murag.build_memory's `hard_negative_tasks`, see
+  murag/memory/hard_negatives.py) lists per question id the top-ranked items of the global
+  index that are not its positives. Each canonical in-batch example's memory becomes
+
+    its positives (unchanged, first) + the mined items (best first, label 0, their index
+    scores) + its own source negatives that are not among the mined items,
+
+  so the feature converter's first M slots hold the positives and the hardest negatives.
+  An example without a record fails with an error naming the file.
+
+  Args:
+    dataset: canonical examples (tasks/preprocessors.py), e.g. of webqa_to_murag.
+    negatives_path: the mined-negatives JSONL file.
+    corpus_tfds_name, corpus_data_dir: the memory corpus (texts and images of the items).
+    num_negatives: mined items kept per example (None: all in the file).
+
+  Returns:
+    The joined dataset.
+  """
+  if not os.path.isfile(negatives_path):
+    raise FileNotFoundError(
+        f"hard-negative file '{negatives_path}' not found: mine it with murag.build_memory "
+        "(build_memory.hard_negative_tasks) or set MURAG_NEIGHBOURS_DIR")
+  t = _JoinedTable(negatives_path, corpus_tfds_name, corpus_data_dir, num_negatives)
+
+  def fn(ex):
+    e = t.lookup.lookup(ex["question_id"])
+    tf.debugging.assert_non_negative(
+        e, message=f"an example has no hard-negative record in {negatives_path}")
+    r = t.rows[e][:t.counts[e]]  # [N'] rows of the mined items
+    mined_int = tf.gather(t.item_int, r)
+    pos = ex["memory_labels"] > 0  # [M']
+    dup = tf.reduce_any(tf.equal(ex["memory_ids"][:, None], mined_int[None, :]), axis=1)
+    rest = tf.logical_and(tf.logical_not(pos), tf.logical_not(dup))
+    out = dict(ex)
+    for key, mined in (("memory_text", tf.gather(t.item_text, r)),
+                       ("memory_images", tf.gather(t.item_image, r)),
+                       ("memory_ids", mined_int),
+                       ("memory_scores", t.scores[e][:t.counts[e]]),
+                       ("memory_labels", tf.zeros_like(mined_int))):
+      v = ex[key]
+      out[key] = tf.concat([tf.boolean_mask(v, pos), tf.cast(mined, v.dtype),
+                            tf.boolean_mask(v, rest)], 0)
+    return out
+
+  return dataset.map(tf.autograph.experimental.do_not_convert(fn),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def add_fixed_neighbours(dataset, neighbours_path: str, corpus_tfds_name: str,
                          corpus_data_dir: Optional[str] = None, k: int = 4):
   """seqio preprocessor: replaces each example's memory by its precomputed top-K neighbours.
