@@ -9,7 +9,8 @@ maximum inner product between their [CLS] embeddings. Loss L = w_gen·L_gen + w_
   memory_labels = 1, plus any item elsewhere in the batch carrying the same non-negative
   memory_id. With several positives the loss is -log Σ_pos softmax (the probability mass on
   the positive set); queries without a positive are left out of L_con.
-- L_gen: cross-entropy of the target given the encoding of [m_1 … m_k ; q]. For
+- L_gen: cross-entropy of the target given the encoding of [m_1 … m_k ; q] (laid out with
+  the best item m_1 nearest the query, see `_retrieve_and_encode`). For
   retrieve = 1 the m_i are TopK(M_B | q) by inner product ("inbatch" mode), or the example's
   own M slots ranked by memory_scores ("fixed" mode, §3.4: the neighbours come from the
   global index and their [CLS] encodings get stop_gradient). retrieve = 0 masks the memory
@@ -270,10 +271,15 @@ class MuRAGModel:
     retrieved_ids = jnp.where(top_valid, jnp.take(flat_ids, top_idx), -1)
     retrieved_scores = jnp.where(top_valid, top_scores, 0.0)
 
-    # Reader input [m_1 … m_k ; q]: gather the items' token sequences.
+    # Reader input [m_1 … m_k ; q]: gather the items' token sequences, laid out from the
+    # K-th to the best item so that m_1 sits next to [CLS]; q. T5's relative position
+    # buckets are finest near the query and merge every distance beyond
+    # relative_attention_max_distance, where m_1 would otherwise land (K * Tm > 128 already
+    # for 4 items of 36 tokens) and could not be told from m_2 by position.
     t_m = m_seq.shape[1]
-    r_mem = jnp.take(m_seq, top_idx, axis=0).reshape(b, k * t_m, -1)  # [B, K*Tm, D]
-    r_mem_mask = (jnp.take(m_mask, top_idx, axis=0) * top_valid[:, :, None]).reshape(b, -1)
+    order = top_idx[:, ::-1]  # [B, K] worst .. best
+    r_mem = jnp.take(m_seq, order, axis=0).reshape(b, k * t_m, -1)  # [B, K*Tm, D]
+    r_mem_mask = (jnp.take(m_mask, order, axis=0) * top_valid[:, ::-1, None]).reshape(b, -1)
     encoded, enc_mask, _ = self._apply(params, q_seq, q_mask, det, r_mem,
                                        r_mem_mask.astype(q_mask.dtype), rng=self._rng(rng, 4),
                                        method=self.module.encode)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import string
 
 import gin
 import pyarrow.parquet as pq
@@ -24,7 +25,12 @@ EXTRA_IDS = 100
 DEFAULT_OFFLINE_VOCAB_SIZE = 1500
 _NAMES = {"t5": T5_PUBLIC_VOCAB, "t5_public": T5_PUBLIC_VOCAB}
 # Bumped whenever the trainer options below change, so cached models are rebuilt.
-_TRAINER_VERSION = 2
+_TRAINER_VERSION = 3
+# Longest piece (characters, counting the word-start mark). Short pieces make the world's
+# invented names out of syllable-sized pieces shared between names, as a large real
+# vocabulary does for unseen proper nouns; without the cap BPE spends its merges on whole
+# names, and a name seen only in validation becomes one piece whose embedding never trained.
+MAX_PIECE_LENGTH = 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,9 +83,13 @@ PROMPT_TEXTS = ("generate caption:",)
 
 
 def iter_world_text(world_dir):
-  """Every piece of text in a synthetic world, read back from its files, in a fixed order.
+  """The training-side text of a synthetic world, read back from its files, in a fixed order.
 
-  Captions, titles, questions, answers, snippets and passages of every format present.
+  Like a vocabulary built from a real training set, only training text is read: WebQA train
+  records with their sources, MultimodalQA train questions with the texts they cite,
+  LAION / CC captions, PAQ, and the VQA / COCO train split. Validation questions, validation
+  realms' sources, full-wiki distractors and the VQA val split are left out, so their words
+  are spelled with pieces learnt from training text (see `train_sentencepiece`).
 
   Args:
     world_dir: a directory written by tasks.synthetic_world.generate_world.
@@ -90,6 +100,9 @@ def iter_world_text(world_dir):
   join = functools.partial(os.path.join, world_dir)
   # Fixed prompts the tasks add to queries; without them ':' would be an unknown piece.
   yield from PROMPT_TEXTS
+  # Every printable ASCII character, so text outside the training side (a validation name
+  # starting with a letter no training name starts with) never maps to <unk>.
+  yield " ".join(string.ascii_letters + string.digits + string.punctuation)
   with open(join("world_manifest.json")) as f:
     fmts = json.load(f)["formats"]
   if "webqa" in fmts:
@@ -97,18 +110,22 @@ def iter_world_text(world_dir):
       data = json.load(f)
     for guid in sorted(data):
       r = data[guid]
+      if r["split"] != "train":
+        continue
       yield _unquote(r["Q"])
       yield from (_unquote(a) for a in r["A"])
-    for s in _load_jsonl(join("webqa", "fullwiki_sources.jsonl")):
-      yield s["title"]
-      yield s.get("caption") or s.get("fact")
+      for s in r["img_posFacts"] + r["img_negFacts"] + r["txt_posFacts"] + r["txt_negFacts"]:
+        yield s["title"]
+        yield s.get("caption") or s.get("fact")
   if "mmqa" in fmts:
-    for split in ("train", "dev"):
-      for r in _load_jsonl(join("mmqa", f"MMQA_{split}.jsonl")):
-        yield r["question"]
-        yield from (a["answer"] for a in r["answers"])
+    cited = set()
+    for r in _load_jsonl(join("mmqa", "MMQA_train.jsonl")):
+      yield r["question"]
+      yield from (a["answer"] for a in r["answers"])
+      cited.update(r["metadata"]["text_doc_ids"])
     for r in _load_jsonl(join("mmqa", "MMQA_texts.jsonl")):
-      yield r["text"]
+      if r["id"] in cited:
+        yield r["text"]
   for role in ("laion", "cc"):
     if role in fmts:
       for name in sorted(os.listdir(join(role))):
@@ -125,27 +142,31 @@ def iter_world_text(world_dir):
         yield text
         yield title
   if "vqa" in fmts:
-    for sub in ("train2014", "val2014"):
-      with open(join("vqa", f"v2_OpenEnded_mscoco_{sub}_questions.json")) as f:
-        yield from (q["question"] for q in json.load(f)["questions"])
-      with open(join("vqa", f"v2_mscoco_{sub}_annotations.json")) as f:
-        for a in json.load(f)["annotations"]:
-          yield from (x["answer"] for x in a["answers"])
-      with open(join("vqa", "annotations", f"captions_{sub}.json")) as f:
-        yield from (c["caption"] for c in json.load(f)["annotations"])
+    sub = "train2014"
+    with open(join("vqa", f"v2_OpenEnded_mscoco_{sub}_questions.json")) as f:
+      yield from (q["question"] for q in json.load(f)["questions"])
+    with open(join("vqa", f"v2_mscoco_{sub}_annotations.json")) as f:
+      for a in json.load(f)["annotations"]:
+        yield from (x["answer"] for x in a["answers"])
+    with open(join("vqa", "annotations", f"captions_{sub}.json")) as f:
+      yield from (c["caption"] for c in json.load(f)["annotations"])
 
 
-def train_sentencepiece(sentences, vocab_size=DEFAULT_OFFLINE_VOCAB_SIZE, seed=0):
+def train_sentencepiece(sentences, vocab_size=DEFAULT_OFFLINE_VOCAB_SIZE, seed=0,
+                        max_piece_length=MAX_PIECE_LENGTH):
   """Trains a SentencePiece model with T5's special ids, deterministically.
 
   BPE rather than T5's unigram: on a corpus this small, unigram spends its budget on whole
   invented names and spells rarer ones letter by letter, while BPE builds them from frequent
-  syllables (every WebQA answer of the medium world is at most 4 pieces at 1500 pieces).
+  syllables. Pieces are at most `max_piece_length` characters, so a name is made of
+  syllable-sized pieces that other names share (validation realms never occur in training
+  text, but their pieces do).
 
   Args:
     sentences: list of strings (the training corpus, used in this order).
     vocab_size: requested number of pieces (fewer if the corpus cannot support that many).
     seed: seed of SentencePiece's random generator.
+    max_piece_length: longest piece in characters (the word-start mark counts as one).
 
   Returns:
     The serialized model proto (bytes).
@@ -156,7 +177,8 @@ def train_sentencepiece(sentences, vocab_size=DEFAULT_OFFLINE_VOCAB_SIZE, seed=0
       sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
       model_type="bpe", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
-      hard_vocab_limit=False, normalization_rule_name="nmt_nfkc", minloglevel=2)
+      hard_vocab_limit=False, normalization_rule_name="nmt_nfkc", minloglevel=2,
+      max_sentencepiece_length=max_piece_length)
   return model.getvalue()
 
 

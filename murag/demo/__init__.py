@@ -46,10 +46,19 @@ class DemoConfig:
   """Sizes and schedules of the demo (values in gin_configs/experiments/murag_demo_*.gin)."""
   world_size: str = "medium"
   seed: int = 0
-  image_config: str = "px32"
+  image_config: str = "px64"
   lengths: Dict[str, int] = dataclasses.field(
-      default_factory=lambda: {"query_tokens": 20, "memory_tokens": 20, "targets": 8})
+      default_factory=lambda: {"query_tokens": 28, "memory_tokens": 28, "targets": 8})
+  # Pre-training targets are whole captions ("a picture of two pink triangles and a gray bar
+  # at the bottom", up to ~20 pieces): cutting them at the answers' length would drop the
+  # shape and bar words that teach the model to read them from pixels.
+  pretrain_lengths: Dict[str, int] = dataclasses.field(
+      default_factory=lambda: {"query_tokens": 28, "memory_tokens": 28, "targets": 24})
   learning_rate: float = 3e-3
+  # Each training stage decays its learning rate over its own steps ("constant", "linear",
+  # "cosine"; murag.optimizers.learning_rate_schedule) down to lr_final_fraction of it.
+  lr_decay: str = "cosine"
+  lr_final_fraction: float = 0.1
   pretrain1_steps: int = 100
   pretrain2_steps: int = 150
   pretrain_batch: int = 32
@@ -240,10 +249,12 @@ class Demo:
     model = model_lib.MuRAGModel(self.model_config(**overrides), self.vocabulary())
     return QuestionOnlyModel(model) if question_only else model
 
-  def dataset_cfg(self, task: str, split: str, batch: int, train: bool = True):
+  def dataset_cfg(self, task: str, split: str, batch: int, train: bool = True,
+                  lengths: Optional[Dict[str, int]] = None):
     from tasks import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.DatasetConfig(mixture_or_task_name=task,
-                                  task_feature_lengths=dict(self.cfg.lengths), split=split,
+                                  task_feature_lengths=dict(lengths or self.cfg.lengths),
+                                  split=split,
                                   batch_size=batch, shuffle=train, seed=self.cfg.seed,
                                   num_epochs=None if train else 1,
                                   drop_remainder=train)
@@ -253,7 +264,8 @@ class Demo:
     return partitioner_lib.Partitioner(num_partitions=1)
 
   def train_stage(self, stage: str, model_dir: str, task: str, steps: int, batch: int,
-                  memory_slots: int, init: Optional[str], model) -> dict:
+                  memory_slots: int, init: Optional[str], model,
+                  lengths: Optional[Dict[str, int]] = None) -> dict:
     from murag import checkpoints  # pylint: disable=g-import-not-at-top
     from murag import optimizers  # pylint: disable=g-import-not-at-top
     from murag import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -264,14 +276,17 @@ class Demo:
       return ProgressIterator(pipeline.get_dataset_iterator(cfg, **kwargs), stage, steps,
                               self.cfg.log_period, self.log)
 
+    decay = self.cfg.lr_decay
     optimizer = optimizers.adafactor(learning_rate_fn=optimizers.learning_rate_schedule(
-        base_learning_rate=self.cfg.learning_rate))
+        base_learning_rate=self.cfg.learning_rate, decay=decay,
+        decay_steps=steps if decay in ("linear", "cosine") else None,
+        final_fraction=self.cfg.lr_final_fraction))
     ckpt_cfg = checkpoints.CheckpointConfig(period=max(steps // 2, 1), keep=1,
                                             async_save=False, init_checkpoint=init,
                                             strict_init=True)
     t0 = time.time()
     step, _ = train_lib.train(
-        model=model, train_dataset_cfg=self.dataset_cfg(task, "train", batch),
+        model=model, train_dataset_cfg=self.dataset_cfg(task, "train", batch, lengths=lengths),
         checkpoint_cfg=ckpt_cfg, partitioner=self.partitioner(), total_steps=steps,
         model_dir=model_dir, random_seed=self.cfg.seed, optimizer=optimizer,
         get_dataset_fn=get_dataset, feature_converter_kwargs={"memory_slots": memory_slots},
@@ -337,15 +352,20 @@ class Demo:
   def stage_pretrain1(self):
     from tasks import mixtures  # pylint: disable=g-import-not-at-top
     c = self.cfg
+    # Stage 1 never augments generation (captions: M_p = Ø, retrieve = 0), so the reader
+    # needs no room for K retrieved items: top_k = 1 keeps the masked prefix small. top_k is
+    # not a parameter; stage 2 restores the same tree with the configured top_k.
     return self.train_stage("pretrain_stage1", self.path("pretrain_stage1"), mixtures.STAGE1,
-                            c.pretrain1_steps, c.pretrain_batch, 1, None, self.make_model())
+                            c.pretrain1_steps, c.pretrain_batch, 1, None,
+                            self.make_model(top_k=1), lengths=c.pretrain_lengths)
 
   def stage_pretrain2(self):
     from tasks import mixtures  # pylint: disable=g-import-not-at-top
     c = self.cfg
     return self.train_stage("pretrain_stage2", self.path("pretrain_stage2"), mixtures.STAGE2,
                             c.pretrain2_steps, c.pretrain_batch, 1,
-                            self.path("pretrain_stage1"), self.make_model())
+                            self.path("pretrain_stage1"), self.make_model(),
+                            lengths=c.pretrain_lengths)
 
   def stage_finetune_inbatch(self):
     c = self.cfg
@@ -370,15 +390,10 @@ class Demo:
     summary = build_memory.build_memory(
         model=self.make_model(), output_dir=self.memory_dir, corpus_cfg=corpus_cfg,
         checkpoint_path=self.path("finetune_inbatch"), index_config=index_lib.IndexConfig(),
-        neighbour_tasks=[("webqa_inbatch_v1", "train", "webqa_train_neighbours.jsonl"),
-                         ("webqa_inbatch_v1", "validation", "webqa_val_neighbours.jsonl")],
+        neighbour_tasks=[("webqa_inbatch_v1", ("train", "validation"),
+                          "webqa_neighbours.jsonl")],
         query_cfg=query_cfg, k=k)
-    # The fixed tasks read one file keyed by question id for every split.
-    with open(os.path.join(self.memory_dir, "webqa_neighbours.jsonl"), "w") as out:
-      for name in ("webqa_train_neighbours.jsonl", "webqa_val_neighbours.jsonl"):
-        with open(os.path.join(self.memory_dir, name)) as f:
-          out.write(f.read())
-    return {k_: v for k_, v in summary.items()}
+    return dict(summary)
 
   def stage_finetune_fixed(self):
     c = self.cfg
@@ -412,7 +427,7 @@ class Demo:
           self.make_model(question_only=True), self.path("baseline_qonly"), "mmqa_inbatch_v1",
           1, "mmqa_baseline")
     memory = self._stage_summary("memory")
-    out["fullwiki_index_retrieval"] = memory.get("webqa_val_neighbours.jsonl", {})
+    out["fullwiki_index_retrieval"] = memory["retrieval"]["webqa_inbatch_v1/validation"]
     table = results_table(out)
     with open(self.path("results.md"), "w") as f:
       f.write(table + "\n")

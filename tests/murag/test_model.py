@@ -121,6 +121,41 @@ def test_retrieve_zero_is_query_only(tiny):
   np.testing.assert_allclose(metrics["gen_loss"], ref, rtol=1e-5)
 
 
+def test_reader_input_puts_the_best_item_next_to_the_query():
+  """L_gen reads [m_K … m_1 ; [CLS] q]: items in reverse rank order before the query."""
+  model = model_lib.MuRAGModel(model_lib.MuRAGConfig(**dict(TINY, retrieval_mode="fixed")))
+  params = model.get_initial_variables(jax.random.PRNGKey(1))["params"]
+  batch = make_batch(seed=3)
+  _, metrics = jax.jit(model.loss_fn)(params, batch, None)
+  mod = model.module
+  k = min(model.config.top_k, DIMS["M"])
+  order = np.argsort(-np.where(batch["memory_mask"] > 0, batch["memory_scores"], -1e9), 1)
+
+  def gen_loss(rank_order):
+    def apply(*args, method):
+      return mod.apply({"params": params}, *args, method=method)
+    n = DIMS["B"] * DIMS["M"]
+    m_seq, m_mask = apply(batch["memory_tokens"].reshape(n, -1),
+                          batch["memory_images"].reshape(n, 16, 16, 3),
+                          batch["memory_image_mask"].reshape(n), method=mod.embed_items)
+    idx = order[:, :k][:, rank_order] + (np.arange(DIMS["B"]) * DIMS["M"])[:, None]
+    valid = np.take_along_axis(batch["memory_mask"], order[:, :k][:, rank_order], 1)
+    prefix = jnp.take(m_seq, idx, axis=0).reshape(DIMS["B"], -1, m_seq.shape[-1])
+    pmask = (jnp.take(m_mask, idx, axis=0) * valid[:, :, None]).reshape(DIMS["B"], -1)
+    q_seq, q_mask = apply(batch["query_tokens"], batch["query_image"],
+                          batch["query_image_mask"], method=mod.embed_items)
+    enc, emask, _ = mod.apply({"params": params}, q_seq, q_mask, True, prefix, pmask,
+                              method=mod.encode)
+    logits = apply(enc, emask, batch["decoder_input_tokens"], method=mod.decode)
+    tok, _ = model_lib.cross_entropy_with_logits(logits, batch["decoder_target_tokens"],
+                                                 batch["decoder_loss_weights"])
+    return float(jnp.sum(tok) / batch["decoder_loss_weights"].sum())
+
+  reverse, forward = gen_loss(np.arange(k)[::-1]), gen_loss(np.arange(k))
+  np.testing.assert_allclose(metrics["gen_loss"], reverse, rtol=1e-5)
+  assert abs(reverse - forward) > 1e-4  # the layout is observable
+
+
 def test_fixed_mode_uses_own_slots_by_score():
   model = model_lib.MuRAGModel(model_lib.MuRAGConfig(**dict(TINY, retrieval_mode="fixed")))
   params = model.get_initial_variables(jax.random.PRNGKey(1))["params"]
