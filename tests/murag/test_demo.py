@@ -54,10 +54,9 @@ def test_unknown_argument_is_rejected():
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("MURAG_DEMO_TEST"),
-    reason="opt-in (MURAG_DEMO_TEST=1): the reduced demo took 13 min on the shared 2-core "
-           "machine, over the suite budget; its last run did NOT reach the asserted ordering "
-           "in the distractor setting (see docs/readme/demo.md)")
-@pytest.mark.timeout(3600)  # the reduced run took 13 min on the shared 2-core machine
+    reason="opt-in (MURAG_DEMO_TEST=1): the reduced demo takes 8.5 min on an idle 2-core "
+           "machine, which would push the suite past its 20-minute budget")
+@pytest.mark.timeout(3600)
 def test_reduced_demo_murag_beats_question_only_on_image_questions(tmp_path):
   run_dir = str(tmp_path / "demo")
   env = dict(os.environ)
@@ -73,11 +72,15 @@ def test_reduced_demo_murag_beats_question_only_on_image_questions(tmp_path):
   fullwiki = demo.image_accuracy(r["murag_fullwiki"])
   print(f"image-question accuracy: question-only {base:.1f}, MuRAG distractor "
         f"{distractor:.1f}, MuRAG full-wiki {fullwiki:.1f}")
-  assert distractor > base
-  assert fullwiki > base
-  # The global index retrieves positives far above chance (K of ~840 sources).
-  recall = r["fullwiki_index_retrieval"]["retrieval/recall@4"]
-  assert recall > 10 * 100.0 * 4 / 840
+  # The ordering: MuRAG well above the question-only model in both settings (a
+  # 10-point margin; the question-only model is at the per-category majority level, ~30),
+  # and full-wiki at most moderately below distractor.
+  assert distractor >= base + 10.0
+  assert fullwiki >= base + 10.0
+  assert fullwiki >= distractor - 15.0
+  # The global index retrieves positives far above chance (1 of ~840 sources).
+  recall = r["fullwiki_index_retrieval"]["retrieval/recall@1"]
+  assert recall > 100 * 100.0 / 840
   for name in demo.STAGES:
     assert os.path.exists(os.path.join(run_dir, "stages", f"{name}.json")), name
   assert "Q [color]" in open(os.path.join(run_dir, "examples.txt")).read()
