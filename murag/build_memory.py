@@ -407,14 +407,12 @@ def load_model_params(model, lengths: Mapping[str, int],
   from murag import checkpoints  # pylint: disable=g-import-not-at-top
   shapes = {"memory_tokens": (1, 1, lengths["memory_tokens"]),
             "decoder_input_tokens": (1, lengths["targets"])}
-  params = model.get_initial_variables(jax.random.PRNGKey(random_seed),
-                                       shapes)["params"]
-  if checkpoint_path:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        params)
-    params = checkpoints.load_params(checkpoint_path, abstract, strict=True)
-  return params
+  init = lambda rng: model.get_initial_variables(rng, shapes)["params"]
+  if not checkpoint_path:
+    return init(jax.random.PRNGKey(random_seed))
+  # Shapes only: running the initialiser would compile the whole model for nothing.
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(random_seed))
+  return checkpoints.load_params(checkpoint_path, abstract, strict=True)
 
 
 @gin.configurable

@@ -217,13 +217,21 @@ def train(
     state = trainer_lib.TrainState.from_dict(restored)
     if data_state is not None:
       data_iter.set_state(data_state)
+  elif checkpoint_cfg.init_checkpoint and checkpoint_cfg.strict_init:
+    # Every parameter comes from the checkpoint: no fresh initialisation is needed (and its
+    # compilation is skipped).
+    logging.info("Initialising parameters from %s", checkpoint_cfg.init_checkpoint)
+    params = checkpoints_lib.load_params(
+        checkpoint_cfg.init_checkpoint, trainer.abstract_state.params,
+        importer=checkpoint_cfg.init_importer, strict=True)
+    state = trainer.state_from_params(params, random_seed)
   else:
     state = trainer.init_state(random_seed)
     if checkpoint_cfg.init_checkpoint:
       logging.info("Initialising parameters from %s", checkpoint_cfg.init_checkpoint)
       params = checkpoints_lib.load_params(
           checkpoint_cfg.init_checkpoint, trainer.abstract_state.params, state.params,
-          importer=checkpoint_cfg.init_importer, strict=checkpoint_cfg.strict_init)
+          importer=checkpoint_cfg.init_importer, strict=False)
       state = trainer.state_with_params(state, params)
   step = int(jax.device_get(state.step))
   last_saved = latest

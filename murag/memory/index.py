@@ -73,6 +73,9 @@ class IndexConfig:
     streaming_build: build ScaNN from a training sample plus chunked
       insertion of the other rows (never holds a second full copy of the
       corpus; slower build and search) instead of one in-memory array.
+    scratch_dir: where the one-shot build spills several embedding shards into
+      one temporary memory-mapped file (N * D * 4 bytes; default: the system
+      temp directory).
     training_sample_size: rows the partitioner and codebooks train on (at
       least 100 per leaf: max(this, 100 * num_leaves), capped at N).
     calibration_queries: corpus rows sampled as calibration queries when the
@@ -97,6 +100,7 @@ class IndexConfig:
   soar_lambda: Optional[float] = None
   reorder_dtype: str = "float32"
   streaming_build: bool = False
+  scratch_dir: Optional[str] = None
   training_sample_size: int = 100_000
   calibration_queries: int = 500
   calibration_margin: float = 0.005
@@ -242,7 +246,7 @@ class MemoryIndex:
     params = self._auto_params(n)
     self._searcher = scann_searcher.build_scann(
         self._shards, params, k=c.k, seed=c.seed, num_threads=c.num_threads,
-        streaming=c.streaming_build)
+        streaming=c.streaming_build, scratch_dir=c.scratch_dir)
     self.calibration = None
     if c.leaves_to_search is not None and c.reorder_num_neighbors is not None:
       return

@@ -4,7 +4,9 @@ MuRAG's fixed-retrieval stage and full-wiki evaluation search 1.1M (WebQA) or
 500K (MultimodalQA) memory encodings by maximum inner product with ScaNN
 (Guo et al., 2020). This module wraps ScaNN's pybind searcher:
 
-* `build_scann`: hands one in-memory array to ScaNN's builder, or (streaming)
+* `build_scann`: hands one contiguous array to ScaNN's builder (several shards
+  are first copied into one temporary memory-mapped file, so the only anonymous
+  copy of the corpus is ScaNN's own), or (streaming)
   trains the partitioner and the AH codebooks on a random sample of rows and
   then inserts the remaining rows in chunks (`upsert`), so the build never
   holds a second full float32 copy of the corpus (the input may be a list of
@@ -15,12 +17,15 @@ MuRAG's fixed-retrieval stage and full-wiki evaluation search 1.1M (WebQA) or
 
 Host-side only (no Flax). Shape letters: B queries, N rows, D size, K neighbours.
 """
+import contextlib
 import dataclasses
 import logging
 import math
+import os
 import sys
+import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -168,9 +173,48 @@ class ScannSearcher:
     return cls(searcher, order, params, num_threads)
 
 
+@contextlib.contextmanager
+def _contiguous_rows(shards: Sequence[np.ndarray], scratch_dir: Optional[str],
+                     chunk_rows: int = 65536) -> Iterator[np.ndarray]:
+  """The concatenation of `shards` as one C-contiguous float32 [N, D] array.
+
+  A single shard that already is one (an in-memory array or a memory-mapped
+  .npy file) is used as is. Otherwise the rows are copied, chunk by chunk, into a
+  temporary memory-mapped file in `scratch_dir` (default: the system temp
+  directory), deleted on exit. The copy is file-backed: the kernel can drop its
+  pages, so the build does not hold a second anonymous copy of the corpus
+  beside ScaNN's own (np.concatenate did: +N*D*4 bytes of peak memory).
+  """
+  if len(shards) == 1:
+    only = shards[0]
+    if (isinstance(only, np.ndarray) and only.dtype == np.float32
+        and only.flags["C_CONTIGUOUS"]):
+      yield only
+      return
+  n = sum(s.shape[0] for s in shards)
+  d = shards[0].shape[1]
+  fd, path = tempfile.mkstemp(prefix="scann_rows_", suffix=".npy",
+                              dir=scratch_dir)
+  os.close(fd)
+  try:
+    out = np.lib.format.open_memmap(path, "w+", np.float32, (n, d))
+    start = 0
+    for shard in shards:
+      for a in range(0, shard.shape[0], chunk_rows):
+        b = min(shard.shape[0], a + chunk_rows)
+        out[start + a:start + b] = shard[a:b]
+      start += shard.shape[0]
+    out.flush()
+    yield out
+    del out
+  finally:
+    os.remove(path)
+
+
 def build_scann(shards: Sequence[np.ndarray], params: ScannParams, *, k: int,
                 seed: int = 0, num_threads: int = 2, streaming: bool = False,
-                chunk_rows: int = 32768) -> ScannSearcher:
+                chunk_rows: int = 32768,
+                scratch_dir: Optional[str] = None) -> ScannSearcher:
   """Builds a ScaNN searcher over the concatenation of `shards`.
 
   Args:
@@ -184,6 +228,9 @@ def build_scann(shards: Sequence[np.ndarray], params: ScannParams, *, k: int,
       while building). True: train on a sample, then insert the other rows
       chunk by chunk from the shards (less memory; slower, see the README).
     chunk_rows: rows per streamed insertion.
+    scratch_dir: where the one-shot build writes its temporary memory-mapped
+      copy of the rows when `shards` are not already one contiguous float32
+      array (default: the system temp directory; needs N * D * 4 bytes).
 
   Returns:
     The searcher; its `order` maps ScaNN positions to global rows.
@@ -192,10 +239,11 @@ def build_scann(shards: Sequence[np.ndarray], params: ScannParams, *, k: int,
   n = sum(s.shape[0] for s in shards)
   d = shards[0].shape[1]
   if not streaming:
-    data = np.concatenate([np.asarray(s, np.float32) for s in shards])  # [N, D]
-    config = _scann_config(params, n, d, k, data[:1])
-    t0 = time.time()
-    searcher = sp.scann_pybind.ScannNumpy(data, config, num_threads)
+    with _contiguous_rows(shards, scratch_dir) as data:  # [N, D], file-backed
+      config = _scann_config(params, n, d, k, np.asarray(data[:1]))
+      t0 = time.time()
+      # ScaNN copies the rows into its own dataset; `data` may go afterwards.
+      searcher = sp.scann_pybind.ScannNumpy(data, config, num_threads)
     logging.info("ScaNN built over %d rows in %.1fs", n, time.time() - t0)
     return ScannSearcher(searcher, np.arange(n, dtype=np.int64), params,
                          num_threads)

@@ -102,3 +102,29 @@ def test_importer_callable_is_used(tmp_path):
   loaded = checkpoints.load_params("hf://tiny", trainer.abstract_state.params, importer=importer)
   assert calls == ["hf://tiny"]
   assert float(np.asarray(loaded["wi"]).mean()) == 0.5
+
+
+def test_state_from_params_equals_init_then_replace(tmp_path):
+  """The strict fine-tuning init (no model initialiser compiled) builds the same state."""
+  trainer = _trainer()
+  trained, _ = _trained_state(trainer)
+  checkpoints.save_params(str(tmp_path / "p"), trained.params)
+  params = checkpoints.load_params(str(tmp_path / "p"), trainer.abstract_state.params,
+                                   strict=True)
+  direct = trainer.state_from_params(params, seed=7)
+  # A second copy: train_step donates its state's buffers.
+  params2 = checkpoints.load_params(str(tmp_path / "p"), trainer.abstract_state.params,
+                                    strict=True)
+  reference = trainer.state_with_params(trainer.init_state(7), params2)
+  flat_direct = jax.tree_util.tree_leaves_with_path(direct.as_dict())
+  flat_ref = jax.tree_util.tree_leaves_with_path(reference.as_dict())
+  assert [p for p, _ in flat_direct] == [p for p, _ in flat_ref]
+  for (path, a), (_, b) in zip(flat_direct, flat_ref):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    assert a.sharding == b.sharding, path
+  # ... and trains identically (same dropout rng, same optimizer state).
+  it = toy_model.ToyIterator(toy_model.ToyDatasetConfig(), 0, 1)
+  batch = trainer.partitioner.host_batch_to_global(next(it))
+  _, m1 = trainer.train_step(direct, batch)
+  _, m2 = trainer.train_step(reference, batch)
+  assert float(m1["loss"]) == float(m2["loss"])

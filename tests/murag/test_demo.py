@@ -49,6 +49,37 @@ def test_results_table_has_both_settings_and_says_when_fluency_is_missing():
 def test_unknown_argument_is_rejected():
   assert demo.main(["--run_dir=/tmp/x", "--bogus=1"]) == 2
   assert demo.main([]) == 2
+  assert demo.main(["--run_dir=/tmp/x", "--stages=world,nope"]) == 2
+
+
+def test_stage_inputs_cover_every_stage_and_point_backwards():
+  assert set(demo.STAGE_INPUTS) == set(demo.STAGES)
+  for stage, inputs in demo.STAGE_INPUTS.items():
+    for d in inputs:
+      assert demo.STAGES.index(d) < demo.STAGES.index(stage), (stage, d)
+
+
+def test_stages_flag_checks_the_stages_it_reads(tmp_path):
+  d = demo.Demo(str(tmp_path / "run"), demo.DemoConfig())
+
+  def mark(*names):
+    for n in names:
+      with open(os.path.join(d.run_dir, "stages", f"{n}.json"), "w") as f:
+        json.dump({}, f)
+
+  d.check_predecessors(["world", "vocab"])  # nothing needed before the world
+  with pytest.raises(demo.StageOrderError, match="'baseline' reads the output of "
+                                                 r"\['pretrain_stage2'\]"):
+    d.check_predecessors(["baseline"])
+  mark("world", "vocab", "tfds", "pretrain_stage1", "pretrain_stage2")
+  d.check_predecessors(["baseline"])
+  # The MuRAG chain does not need the baseline; the evaluation does.
+  d.check_predecessors(["finetune_inbatch", "memory", "finetune_fixed"])
+  mark("finetune_inbatch", "memory", "finetune_fixed")
+  with pytest.raises(demo.StageOrderError, match=r"'evaluate' .*\['baseline'\]"):
+    d.check_predecessors(["evaluate", "export"])
+  d.check_predecessors(["baseline", "evaluate"])
+  assert demo.main([f"--run_dir={d.run_dir}", "--stages=examples"]) == 2
 
 
 @pytest.mark.slow
