@@ -85,7 +85,7 @@ def test_stages_flag_checks_the_stages_it_reads(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("MURAG_DEMO_TEST"),
-    reason="opt-in (MURAG_DEMO_TEST=1): the reduced demo takes 8.5 min on an idle 2-core "
+    reason="opt-in (MURAG_DEMO_TEST=1): the reduced demo takes 6.75 min on an idle 2-core "
            "machine, which would push the suite past its 20-minute budget")
 @pytest.mark.timeout(3600)
 def test_reduced_demo_murag_beats_question_only_on_image_questions(tmp_path):
