@@ -30,6 +30,16 @@ def str_ids(n, start=0):
   return [f"doc{i}" for i in range(start, start + n)]
 
 
+def mmap_shards(x, directory, bounds=((0, 7000), (7000, 20000))):
+  """`x` split into .npy shards, read back memory-mapped."""
+  shards = []
+  for i, (a, b) in enumerate(bounds):
+    path = str(directory / f"s{i}.npy")
+    np.save(path, x[a:b])
+    shards.append(np.load(path, mmap_mode="r"))
+  return shards
+
+
 @pytest.fixture(scope="module")
 def small():
   x = clustered(3001, 32, seed=0)
@@ -96,11 +106,7 @@ def test_scann_recall_on_clustered_set(scann_data):
 
 def test_streaming_build_from_memory_mapped_shards(scann_data, tmp_path):
   x, q, _ = scann_data
-  paths = []
-  for i, (a, b) in enumerate([(0, 7000), (7000, 20000)]):
-    paths.append(str(tmp_path / f"s{i}.npy"))
-    np.save(paths[-1], x[a:b])
-  shards = [np.load(p, mmap_mode="r") for p in paths]
+  shards = mmap_shards(x, tmp_path)
   cfg = index_lib.IndexConfig(brute_force_threshold=1000, streaming_build=True,
                               training_sample_size=5000,
                               calibration_queries=200)
@@ -122,11 +128,7 @@ def test_one_shot_build_from_shards_equals_build_from_one_array(scann_data,
   """Several memory-mapped shards are spilled to one temporary file (not
   concatenated in memory) and give the same index as one in-memory array."""
   x, q, idx = scann_data
-  paths = []
-  for i, (a, b) in enumerate([(0, 7000), (7000, 20000)]):
-    paths.append(str(tmp_path / f"s{i}.npy"))
-    np.save(paths[-1], x[a:b])
-  shards = [np.load(p, mmap_mode="r") for p in paths]
+  shards = mmap_shards(x, tmp_path)
   scratch = tmp_path / "scratch"
   scratch.mkdir()
   cfg = dataclasses.replace(idx.config, scratch_dir=str(scratch),
