@@ -1,6 +1,8 @@
 """Test-wide settings. Runs before any test module imports jax."""
 import os
 
+import pytest
+
 # Eight simulated CPU devices so sharding is exercised; must be set before jax is imported.
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
@@ -12,3 +14,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Offline: nothing may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# The reduced end-to-end demo (tests/murag/test_demo.py) is a ~6.5-minute subprocess. When its
+# test is selected, it starts right after collection at the lowest CPU priority and its test
+# moves to the end of the session, so the run overlaps the rest of the suite.
+_DEMO_TEST = "test_reduced_demo_murag_beats_question_only_on_image_questions"
+_demo_module = None
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k have deselected
+def pytest_collection_modifyitems(session, config, items):
+  global _demo_module
+  del session
+  demo = [item for item in items if item.name == _DEMO_TEST]
+  if not demo or config.getoption("collectonly"):
+    return
+  items[:] = [item for item in items if item.name != _DEMO_TEST] + demo
+  _demo_module = demo[0].module
+  _demo_module.start_reduced_demo(nice=19)
+
+
+def pytest_unconfigure(config):
+  del config
+  if _demo_module is not None:
+    _demo_module.stop_reduced_demo()

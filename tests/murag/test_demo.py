@@ -7,8 +7,11 @@ world better than the question-only baseline, in the distractor and the full-wik
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -82,20 +85,64 @@ def test_stages_flag_checks_the_stages_it_reads(tmp_path):
   assert demo.main([f"--run_dir={d.run_dir}", "--stages=examples"]) == 2
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("MURAG_DEMO_TEST"),
-    reason="opt-in (MURAG_DEMO_TEST=1): the reduced demo takes 6.75 min on an idle 2-core "
-           "machine, which would push the suite past its 20-minute budget")
-@pytest.mark.timeout(3600)
-def test_reduced_demo_murag_beats_question_only_on_image_questions(tmp_path):
-  run_dir = str(tmp_path / "demo")
+# ------------------------------------------------------------------ the reduced real run
+# It takes ~6.5 minutes on an idle 2-core machine, mostly single-threaded XLA compilation and
+# small-matrix training steps. tests/conftest.py starts it in the background (nice 19) as soon
+# as collection has selected the test below, and moves that test to the end of the session, so
+# the run overlaps the rest of the suite; the test then waits for it.
+_RUN: dict = {}
+
+
+def _demo_command(run_dir):
+  return [sys.executable, "-m", "murag.demo", f"--run_dir={run_dir}",
+          "--gin_file=gin_configs/experiments/murag_demo_reduced.gin"]
+
+
+def _demo_env():
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one CPU device, like `make demo`
-  cmd = [sys.executable, "-m", "murag.demo", f"--run_dir={run_dir}",
-         "--gin_file=gin_configs/experiments/murag_demo_reduced.gin"]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3500)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return env
+
+
+def start_reduced_demo(nice: int = 19) -> None:
+  """Starts the reduced demo in a background process (once per session)."""
+  if _RUN:
+    return
+  run_dir = tempfile.mkdtemp(prefix="murag_reduced_demo_")
+  log_path = os.path.join(run_dir, "demo.log")
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(_demo_command(os.path.join(run_dir, "demo")), cwd=REPO,
+                            env=_demo_env(), stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
+  _RUN.update(proc=proc, run_dir=run_dir, log=log_path, t0=time.time(), nice=nice)
+
+
+def stop_reduced_demo() -> None:
+  """Kills the background run if it still runs (an aborted session) and removes its files."""
+  if not _RUN:
+    return
+  if _RUN["proc"].poll() is None:
+    _RUN["proc"].kill()
+    _RUN["proc"].wait()
+  shutil.rmtree(_RUN["run_dir"], ignore_errors=True)
+  _RUN.clear()
+
+
+def _log_tail(n=6000):
+  with open(_RUN["log"]) as f:
+    return f.read()[-n:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_reduced_demo_murag_beats_question_only_on_image_questions():
+  start_reduced_demo(nice=0)  # no-op when conftest started it at the session's start
+  rc = _RUN["proc"].wait(timeout=3500)
+  print(f"reduced demo: exit {rc} after {time.time() - _RUN['t0']:.0f} s (nice {_RUN['nice']}"
+        f"{', overlapping the suite' if _RUN['nice'] else ''})")
+  assert rc == 0, _log_tail()
+  run_dir = os.path.join(_RUN["run_dir"], "demo")
+  cmd = _demo_command(run_dir)
   with open(os.path.join(run_dir, "results.json")) as f:
     r = json.load(f)
   base = demo.image_accuracy(r["baseline"])
@@ -116,7 +163,8 @@ def test_reduced_demo_murag_beats_question_only_on_image_questions(tmp_path):
     assert os.path.exists(os.path.join(run_dir, "stages", f"{name}.json")), name
   assert "Q [color]" in open(os.path.join(run_dir, "examples.txt")).read()
   # A rerun resumes: every stage is skipped and the same table is printed.
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(cmd, cwd=REPO, env=_demo_env(), capture_output=True, text=True,
+                         timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count("DONE earlier, skipped") == len(demo.STAGES)
   assert open(os.path.join(run_dir, "results.md")).read().strip() in again.stdout
