@@ -16,9 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-# The reduced end-to-end demo (tests/murag/test_demo.py) is a ~6.5-minute subprocess. When its
-# test is selected, it starts right after collection at the lowest CPU priority and its test
-# moves to the end of the session, so the run overlaps the rest of the suite.
+# Starts the reduced end-to-end demo in the background and runs its test last (why: the comment
+# above start_reduced_demo in tests/murag/test_demo.py).
 _DEMO_TEST = "test_reduced_demo_murag_beats_question_only_on_image_questions"
 _demo_module = None
 
