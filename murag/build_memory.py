@@ -261,7 +261,7 @@ def string_ids_for(int_ids: np.ndarray, corpus_ids: Sequence[str]) -> List[str]:
 
 
 def embed_queries(*, model, params, query_cfg: pipeline.DatasetConfig,
-                  memory_slots: int = 4, image_size: Optional[int] = None
+                  memory_slots: int = 1, image_size: Optional[int] = None
                   ) -> Tuple[List[str], np.ndarray, List[List[str]]]:
   """Retrieval embeddings of every example of a query task, in dataset order.
 
@@ -269,7 +269,8 @@ def embed_queries(*, model, params, query_cfg: pipeline.DatasetConfig,
     model: a MuRAGModel; params: its parameters.
     query_cfg: the query task (e.g. webqa_inbatch_v1, split train/validation);
       read once, unshuffled.
-    memory_slots, image_size: feature converter settings.
+    memory_slots, image_size: feature converter settings (only the query features are
+      read: 1 slot spares the converter the candidates' images).
 
   Returns:
     (question ids [Q], query embeddings [Q, D] float32, positive ids [Q][P]).
@@ -287,7 +288,11 @@ def embed_queries(*, model, params, query_cfg: pipeline.DatasetConfig,
   embed = jax.jit(model.embed_query)
   example_ids, embs, positives = [], [], []
   for m, batch in tf.data.Dataset.zip((meta, feats)).as_numpy_iterator():
-    embs.append(np.asarray(embed(params, batch), np.float32))  # [B, D]
+    rows = len(m["id"])
+    if rows < b:  # the last batch, padded: one compiled shape for the whole task
+      batch = {k: np.concatenate([v, np.zeros((b - rows,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    embs.append(np.asarray(embed(params, batch), np.float32)[:rows])  # [B, D]
     example_ids += [s.decode("utf-8") for s in m["id"]]
     positives += [[p.decode("utf-8") for p in row if p] for row in m["pos"]]
   if not embs:
@@ -297,7 +302,7 @@ def embed_queries(*, model, params, query_cfg: pipeline.DatasetConfig,
 
 
 def search_neighbours(*, model, params, index, query_cfg: pipeline.DatasetConfig,
-                      k: int = 4, memory_slots: int = 4,
+                      k: int = 4, memory_slots: int = 1,
                       image_size: Optional[int] = None):
   """Top-k global neighbours of every example of a query task.
 
@@ -350,7 +355,7 @@ def write_table(tables: Sequence[nb.NeighbourTable], out_path: str,
 
 @gin.configurable(denylist=["params", "index"])
 def write_neighbours(*, model, params, index, query_cfg: pipeline.DatasetConfig,
-                     out_path: str, k: int = 4, memory_slots: int = 4,
+                     out_path: str, k: int = 4, memory_slots: int = 1,
                      image_size: Optional[int] = None) -> Dict[str, float]:
   """Top-k global neighbours of every example of a query task -> JSONL.
 

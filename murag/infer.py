@@ -63,6 +63,8 @@ def _task_batches(task, cfg, converter, shard_id, num_shards, per_host_batch, ma
   model_ds = converter(ds, lengths)
   options = tf.data.Options()
   options.deterministic = True
+  if not cfg.autotune:  # see tasks.pipeline.DatasetConfig.autotune
+    options.autotune.enabled = False
   pairs = tf.data.Dataset.zip((ds, model_ds)).with_options(options)
   raws, feats = [], []
   for raw, feat in pairs.as_numpy_iterator():

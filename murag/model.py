@@ -74,6 +74,11 @@ class MuRAGConfig:
   contrastive_scale: float = 1.0  # logits = scale * <q, m>  (1 / temperature)
   contrastive_weight: float = 1.0
   generation_weight: float = 1.0
+  # False: the question-only baseline ("same model, no memory"). The reader encodes
+  # [CLS]; q alone, memory features are ignored and never encoded, and there is no
+  # contrastive loss. Same parameters, and the same function as retrieve = 0 with
+  # contrastive_weight = 0, without the memory side's compute.
+  use_memory: bool = True
   z_loss: float = 0.0
   label_smoothing: float = 0.0
   # Decoding.
@@ -108,6 +113,9 @@ class MuRAGConfig:
     if self.image_size % self.vit_patch_size:
       raise ValueError(f"MuRAGConfig.image_size={self.image_size} is not a multiple of "
                        f"vit_patch_size={self.vit_patch_size}")
+    if not self.use_memory and self.contrastive_weight:
+      raise ValueError("MuRAGConfig.use_memory=False (question-only) has no contrastive "
+                       "loss; set MuRAGConfig.contrastive_weight = 0")
     if self.top_k < 1 or self.num_beams < 1:
       raise ValueError("MuRAGConfig.top_k and MuRAGConfig.num_beams must be >= 1")
 
@@ -231,9 +239,26 @@ class MuRAGModel:
   def _rng(self, rng, i):
     return None if rng is None else jax.random.fold_in(rng, i)
 
+  def _question_only_encode(self, params, batch, rng):
+    """use_memory=False: the reader input is [CLS]; q (the same encoding as a fully masked
+    memory prefix, see backbone.MuRAGNetwork.encode); no item is encoded or retrieved."""
+    det = rng is None
+    b = batch["query_tokens"].shape[0]
+    k = self.config.top_k
+    q_seq, q_mask = self._apply(params, batch["query_tokens"], batch["query_image"],
+                                batch["query_image_mask"], det, rng=self._rng(rng, 0),
+                                method=self.module.embed_items)
+    encoded, enc_mask, q_emb = self._apply(params, q_seq, q_mask, det, rng=self._rng(rng, 4),
+                                           method=self.module.encode)
+    return dict(q_emb=q_emb, encoded=encoded, enc_mask=enc_mask,
+                retrieved_ids=jnp.full((b, k), -1, jnp.int32),
+                retrieved_scores=jnp.zeros((b, k), jnp.float32))
+
   def _retrieve_and_encode(self, params, batch, rng):
     """Shared by loss, scoring and prediction: retrieval + reader encoding."""
     cfg = self.config
+    if not cfg.use_memory:
+      return self._question_only_encode(params, batch, rng)
     det = rng is None
     b, m, lm = batch["memory_tokens"].shape
     n = b * m
@@ -313,6 +338,15 @@ class MuRAGModel:
     n_tok = jnp.maximum(jnp.sum(weights), 1.0)
     l_gen = jnp.sum(tok_loss) / n_tok
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
+    metrics = {
+        "gen_loss": l_gen,
+        "z_loss": jnp.sum(tok_z) / n_tok,
+        "token_accuracy": jnp.sum(correct) / n_tok,
+        "num_target_tokens": jnp.sum(weights),
+    }
+    if not cfg.use_memory:
+      loss = cfg.generation_weight * l_gen
+      return loss, {"loss": loss, **metrics}, logits
 
     # L_con over the global in-batch memory.
     logits_con = cfg.contrastive_scale * r["masked"]
@@ -330,17 +364,13 @@ class MuRAGModel:
     acck = jnp.sum(jnp.where(has_pos, jnp.any(hit, -1), False)) / n_q
 
     loss = cfg.generation_weight * l_gen + cfg.contrastive_weight * l_con
-    metrics = {
+    metrics.update({
         "loss": loss,
-        "gen_loss": l_gen,
         "con_loss": l_con,
-        "z_loss": jnp.sum(tok_z) / n_tok,
         "retrieval_acc@1": acc1,
         f"retrieval_acc@{k}": acck,
-        "token_accuracy": jnp.sum(correct) / n_tok,
-        "num_target_tokens": jnp.sum(weights),
         "num_queries_with_positive": jnp.sum(has_pos).astype(jnp.float32),
-    }
+    })
     return loss, metrics, logits
 
   def loss_fn(self, params, batch, dropout_rng):

@@ -46,6 +46,12 @@ class DatasetConfig:
     drop_remainder: drop a final partial batch (always true when repeating).
     tfds_data_dir: TFDS data directory override for every task (None: keep the default).
     shuffle_buffer_size: example shuffle buffer (None: the task's).
+    autotune: tf.data autotuning of map parallelism and buffer sizes. Its optimisation
+      thread sleeps between rounds (up to a minute once a pipeline has run a while), and
+      deleting the iterator can wait for it to wake up: in the demo process the end of a
+      training stage at times blocked 25-55 s at 0% CPU in the iterator's destructor.
+      False turns the tuning off (AUTOTUNE maps run on every core) so there is no such
+      thread; the demo and the tiny CPU configs use it.
   """
   mixture_or_task_name: str = ""
   task_feature_lengths: Optional[Mapping[str, int]] = None
@@ -59,6 +65,7 @@ class DatasetConfig:
   drop_remainder: bool = True
   tfds_data_dir: Optional[str] = None
   shuffle_buffer_size: Optional[int] = None
+  autotune: bool = True
 
 
 def _fingerprint(cfg: DatasetConfig, shard_id: int, num_shards: int, converter) -> dict:
@@ -183,7 +190,12 @@ def task_dataset(cfg: DatasetConfig, shard_id: int = 0, num_shards: int = 1) -> 
                 shard_info=seqio.ShardInfo(shard_id, num_shards), num_epochs=cfg.num_epochs)
   if isinstance(provider, seqio.Task):
     kwargs["shuffle_buffer_size"] = cfg.shuffle_buffer_size
-  return provider.get_dataset(**kwargs)
+  ds = provider.get_dataset(**kwargs)
+  if not cfg.autotune:
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.with_options(options)
+  return ds
 
 
 def get_dataset_iterator(cfg: DatasetConfig, *, shard_id: int = 0, num_shards: int = 1,

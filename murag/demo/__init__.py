@@ -13,7 +13,7 @@ Stages (all artifacts under run_dir):
   pretrain_stage1   murag.train on murag_pretrain_stage1 (LAION)    -> pretrain_stage1/
   pretrain_stage2   murag.train on murag_pretrain_stage2 (1:1:1)    -> pretrain_stage2/
   finetune_inbatch  murag.train on webqa_inbatch_v1                 -> finetune_inbatch/
-  baseline          the same model, question only (retrieve = 0)    -> baseline_qonly/
+  baseline          the same model, question only (use_memory=False) -> baseline_qonly/
   memory            murag.build_memory: encode + index + neighbours -> memory/
   finetune_fixed    murag.train on webqa_fixed_v1                   -> finetune_fixed/
   evaluate          murag.infer.predict_and_score, both settings    -> eval/
@@ -21,8 +21,9 @@ Stages (all artifacts under run_dir):
   examples          three validation questions with attribution     -> examples.txt
 The table (paper Table 4 shape) is printed and written to results.md / results.json.
 
-The question-only baseline is the same network trained and evaluated with `retrieve = 0`
-(the reader sees only [CLS]; the question) and no contrastive loss: "same model, no memory".
+The question-only baseline is the same network trained and evaluated with
+MuRAGConfig.use_memory = False (the reader sees only [CLS]; the question; no memory item is
+encoded) and no contrastive loss: "same model, no memory".
 """
 import dataclasses
 import json
@@ -79,6 +80,13 @@ class DemoConfig:
   eval_max_examples: Optional[int] = None
   num_decodes: int = 2
   log_period: int = 10
+  # tf.data autotuning of the input pipelines (tasks.pipeline.DatasetConfig.autotune). Off:
+  # in this process, deleting an autotuned iterator at the end of a stage at times blocked
+  # 25-55 s at 0% CPU, waiting for the sleeping tuning thread (docs/readme/demo.md).
+  data_autotune: bool = False
+  # Checkpoints written per training stage (evenly spaced, the last at the stage's end); an
+  # interrupted stage resumes from its newest one.
+  checkpoints_per_stage: int = 2
   export_saved_model: bool = True
   mmqa: bool = True
   # Train the question-only baseline in a second process while the MuRAG chain (in-batch
@@ -152,36 +160,6 @@ class ProgressIterator:
   def set_state(self, state):
     self.it.set_state(state)
     self.t = None
-
-
-class QuestionOnlyModel:
-  """The question-only baseline: the same MuRAGModel with retrieve forced to 0.
-
-  The reader then encodes only [CLS]; q (the memory part is masked out, paper §3.3's
-  M_p = Ø), so the answer can only come from the question and the parameters.
-  """
-
-  def __init__(self, model):
-    self.model = model
-
-  def __getattr__(self, name):
-    return getattr(self.model, name)
-
-  @staticmethod
-  def _no_memory(batch):
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    batch = dict(batch)
-    batch["retrieve"] = jnp.zeros_like(batch["retrieve"])
-    return batch
-
-  def loss_fn(self, params, batch, dropout_rng):
-    return self.model.loss_fn(params, self._no_memory(batch), dropout_rng)
-
-  def eval_fn(self, params, batch):
-    return self.model.eval_fn(params, self._no_memory(batch))
-
-  def predict_batch_with_aux(self, params, batch, *args, **kwargs):
-    return self.model.predict_batch_with_aux(params, self._no_memory(batch), *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------ the demo
@@ -272,9 +250,8 @@ class Demo:
   def make_model(self, question_only: bool = False, **overrides):
     from murag import model as model_lib  # pylint: disable=g-import-not-at-top
     if question_only:
-      overrides.setdefault("contrastive_weight", 0.0)
-    model = model_lib.MuRAGModel(self.model_config(**overrides), self.vocabulary())
-    return QuestionOnlyModel(model) if question_only else model
+      overrides.update(use_memory=False, contrastive_weight=0.0)
+    return model_lib.MuRAGModel(self.model_config(**overrides), self.vocabulary())
 
   def dataset_cfg(self, task: str, split: str, batch: int, train: bool = True,
                   lengths: Optional[Dict[str, int]] = None):
@@ -284,7 +261,7 @@ class Demo:
                                   split=split,
                                   batch_size=batch, shuffle=train, seed=self.cfg.seed,
                                   num_epochs=None if train else 1,
-                                  drop_remainder=train)
+                                  drop_remainder=train, autotune=self.cfg.data_autotune)
 
   def partitioner(self):
     from murag import partitioner as partitioner_lib  # pylint: disable=g-import-not-at-top
@@ -308,7 +285,8 @@ class Demo:
         base_learning_rate=self.cfg.learning_rate, decay=decay,
         decay_steps=steps if decay in ("linear", "cosine") else None,
         final_fraction=self.cfg.lr_final_fraction))
-    ckpt_cfg = checkpoints.CheckpointConfig(period=max(steps // 2, 1), keep=1,
+    period = max(-(-steps // max(self.cfg.checkpoints_per_stage, 1)), 1)
+    ckpt_cfg = checkpoints.CheckpointConfig(period=period, keep=1,
                                             async_save=False, init_checkpoint=init,
                                             strict_init=True)
     t0 = time.time()
@@ -713,6 +691,10 @@ def main(argv=None) -> int:
   jax.config.update("jax_compilation_cache_dir",
                     os.path.join(os.path.abspath(run_dir), "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  # jax's default also enables a GPU autotuning cache under the cache directory, whose path
+  # then becomes part of every cache key: entries would only ever match in the directory
+  # that wrote them. Nothing here is autotuned, so keys are kept location-independent.
+  jax.config.update("jax_persistent_cache_enable_xla_caches", "")
   from murag import train as train_lib  # pylint: disable=g-import-not-at-top
   import murag.model  # pylint: disable=g-import-not-at-top,unused-import
   train_lib.parse_gin(files or [DEFAULT_GIN], bindings, [REPO_ROOT])

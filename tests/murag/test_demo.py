@@ -86,7 +86,7 @@ def test_stages_flag_checks_the_stages_it_reads(tmp_path):
 
 
 # ------------------------------------------------------------------ the reduced real run
-# It takes ~6.5 minutes on an idle 2-core machine, mostly single-threaded XLA compilation and
+# It takes 6-7 minutes on an idle 2-core machine, mostly XLA compilation and
 # small-matrix training steps. tests/conftest.py starts it in the background (nice 19) as soon
 # as collection has selected the test below, and moves that test to the end of the session, so
 # the run overlaps the rest of the suite; the test then waits for it.

@@ -121,6 +121,38 @@ def test_retrieve_zero_is_query_only(tiny):
   np.testing.assert_allclose(metrics["gen_loss"], ref, rtol=1e-5)
 
 
+def test_question_only_config_equals_retrieve_zero_without_contrastive_loss(tiny):
+  """use_memory=False (the baseline's fast path) is the same function as retrieve=0 with
+  contrastive_weight=0: equal loss, equal gradients, equal answers, no retrieved ids."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  model, params = tiny
+  masked = model_lib.MuRAGModel(dataclasses.replace(model.config, contrastive_weight=0.0))
+  qonly = model_lib.MuRAGModel(dataclasses.replace(model.config, contrastive_weight=0.0,
+                                                   use_memory=False))
+  batch = make_batch(retrieve=0)
+
+  def grad(m):
+    return jax.jit(jax.value_and_grad(lambda p: m.loss_fn(p, batch, None)[0]))(params)
+
+  (ref_loss, ref_g), (loss, g) = grad(masked), grad(qonly)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  flat_ref = flax.traverse_util.flatten_dict(flax.core.unfreeze(ref_g))
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(g))
+  assert set(flat) == set(flat_ref)
+  for key in flat:
+    np.testing.assert_allclose(flat[key], flat_ref[key], rtol=2e-4, atol=1e-6, err_msg=key)
+  assert np.abs(flat[("decoder", "logits_dense", "kernel")]).max() > 0  # not all-zero
+  _, metrics = jax.jit(qonly.loss_fn)(params, batch, None)
+  assert "con_loss" not in metrics and set(metrics) >= {"loss", "gen_loss", "token_accuracy"}
+  tokens_ref, _ = jax.jit(masked.predict_batch_with_aux)(params, batch)
+  tokens, aux = jax.jit(qonly.predict_batch_with_aux)(params, batch)
+  np.testing.assert_array_equal(tokens, tokens_ref)
+  assert aux["retrieved_ids"].shape == (DIMS["B"], TINY["top_k"])
+  assert (np.asarray(aux["retrieved_ids"]) == -1).all()
+  with pytest.raises(ValueError, match="contrastive_weight"):
+    model_lib.MuRAGConfig(**TINY, use_memory=False)
+
+
 def test_reader_input_puts_the_best_item_next_to_the_query():
   """L_gen reads [m_K … m_1 ; [CLS] q]: items in reverse rank order before the query."""
   model = model_lib.MuRAGModel(model_lib.MuRAGConfig(**dict(TINY, retrieval_mode="fixed")))

@@ -90,3 +90,17 @@ def test_bad_configuration_errors():
   with pytest.raises(ValueError, match="memory_tokens"):
     pipeline.get_dataset_iterator(pipeline.DatasetConfig(
         "webqa_inbatch_v1", {"query_tokens": 8, "targets": 8}, "train", 4))
+
+
+def test_autotune_option_reaches_every_pipeline():
+  """DatasetConfig.autotune=False switches tf.data autotuning off for the task stream and the
+  batched iterator (the demo's and CPU configs' setting); the default keeps it on, and the
+  batches are the same either way."""
+  helpers.registered("webqa")
+  fc = helpers.converter()
+  on = pipeline.get_dataset_iterator(_cfg(), feature_converter=fc)
+  off = pipeline.get_dataset_iterator(_cfg(autotune=False), feature_converter=fc)
+  assert on.dataset.options().autotune.enabled is not False
+  assert off.dataset.options().autotune.enabled is False
+  assert pipeline.task_dataset(_cfg(autotune=False)).options().autotune.enabled is False
+  assert _same(_take(on, 2), _take(off, 2))
