@@ -288,11 +288,8 @@ def embed_queries(*, model, params, query_cfg: pipeline.DatasetConfig,
   embed = jax.jit(model.embed_query)
   example_ids, embs, positives = [], [], []
   for m, batch in tf.data.Dataset.zip((meta, feats)).as_numpy_iterator():
-    rows = len(m["id"])
-    if rows < b:  # the last batch, padded: one compiled shape for the whole task
-      batch = {k: np.concatenate([v, np.zeros((b - rows,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    embs.append(np.asarray(embed(params, batch), np.float32)[:rows])  # [B, D]
+    rows = len(m["id"])  # the last batch is padded: one compiled shape for the whole task
+    embs.append(np.asarray(embed(params, _pad_batch(batch, b)), np.float32)[:rows])  # [B, D]
     example_ids += [s.decode("utf-8") for s in m["id"]]
     positives += [[p.decode("utf-8") for p in row if p] for row in m["pos"]]
   if not embs:

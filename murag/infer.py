@@ -52,6 +52,7 @@ def _task_batches(task, cfg, converter, shard_id, num_shards, per_host_batch, ma
   """Yields (raw examples list, model-feature numpy batch, n real rows) for one task."""
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tasks import pipeline  # pylint: disable=g-import-not-at-top
   lengths = dict(cfg.task_feature_lengths)
   ds = task.get_dataset(sequence_length=lengths, split=cfg.split, use_cached=cfg.use_cached,
                         shuffle=False, seed=cfg.seed, num_epochs=1,
@@ -61,11 +62,7 @@ def _task_batches(task, cfg, converter, shard_id, num_shards, per_host_batch, ma
   # The converter maps one example to one example (no packing), so zipping the raw and the
   # converted stream of the same deterministic dataset keeps them aligned.
   model_ds = converter(ds, lengths)
-  options = tf.data.Options()
-  options.deterministic = True
-  if not cfg.autotune:  # see tasks.pipeline.DatasetConfig.autotune
-    options.autotune.enabled = False
-  pairs = tf.data.Dataset.zip((ds, model_ds)).with_options(options)
+  pairs = tf.data.Dataset.zip((ds, model_ds)).with_options(pipeline.dataset_options(cfg))
   raws, feats = [], []
   for raw, feat in pairs.as_numpy_iterator():
     raws.append(raw)

@@ -115,9 +115,7 @@ class BatchIterator:
     ds = self.converter(ds, dict(self.cfg.task_feature_lengths))
     drop = self.cfg.drop_remainder or self.cfg.num_epochs is None
     ds = ds.batch(self.per_host_batch, drop_remainder=drop)
-    options = tf.data.Options()
-    options.deterministic = True
-    ds = ds.with_options(options).prefetch(2)
+    ds = ds.with_options(dataset_options(self.cfg)).prefetch(2)
     self._dataset = ds
     self._iter = iter(ds.as_numpy_iterator())
     self._position = skip_batches
@@ -190,12 +188,16 @@ def task_dataset(cfg: DatasetConfig, shard_id: int = 0, num_shards: int = 1) -> 
                 shard_info=seqio.ShardInfo(shard_id, num_shards), num_epochs=cfg.num_epochs)
   if isinstance(provider, seqio.Task):
     kwargs["shuffle_buffer_size"] = cfg.shuffle_buffer_size
-  ds = provider.get_dataset(**kwargs)
+  return provider.get_dataset(**kwargs).with_options(dataset_options(cfg))
+
+
+def dataset_options(cfg: DatasetConfig) -> tf.data.Options:
+  """The tf.data options every pipeline of `cfg` gets (deterministic order; autotune)."""
+  options = tf.data.Options()
+  options.deterministic = True
   if not cfg.autotune:
-    options = tf.data.Options()
     options.autotune.enabled = False
-    ds = ds.with_options(options)
-  return ds
+  return options
 
 
 def get_dataset_iterator(cfg: DatasetConfig, *, shard_id: int = 0, num_shards: int = 1,
