@@ -7,19 +7,26 @@ finishes it writes `<run_dir>/stages/<stage>.json` (its summary), so a rerun ski
 stages (and the trainer itself resumes an interrupted stage from its newest checkpoint).
 
 Stages (all artifacts under run_dir):
-  world             tasks.synthetic_world.generate_world            -> world/
-  vocab             tasks.vocab.build_offline_vocabulary            -> world/vocab/
-  tfds              tasks.builders.build (every source, 32 px)      -> tfds/
-  pretrain_stage1   murag.train on murag_pretrain_stage1 (LAION)    -> pretrain_stage1/
-  pretrain_stage2   murag.train on murag_pretrain_stage2 (1:1:1)    -> pretrain_stage2/
-  finetune_inbatch  murag.train on webqa_inbatch_v1                 -> finetune_inbatch/
-  baseline          the same model, question only (use_memory=False) -> baseline_qonly/
-  memory            murag.build_memory: encode + index + neighbours -> memory/
-  finetune_fixed    murag.train on webqa_fixed_v1                   -> finetune_fixed/
-  evaluate          murag.infer.predict_and_score, both settings    -> eval/
-  export            murag.export.export_bundle                      -> export/
-  examples          three validation questions with attribution     -> examples.txt
+  world                tasks.synthetic_world.generate_world          -> world/
+  vocab                tasks.vocab.build_offline_vocabulary          -> world/vocab/
+  tfds                 tasks.builders.build (every source)           -> tfds/
+  pretrain_stage1      murag.train on murag_pretrain_stage1 (LAION)  -> pretrain_stage1/
+  pretrain_stage2      murag.train on murag_pretrain_stage2 (1:1:1)  -> pretrain_stage2/
+  finetune_inbatch     murag.train on webqa_inbatch_v1               -> finetune_inbatch/
+  baseline             the same model, question only (use_memory=False) -> baseline_qonly/
+  evaluate_baseline    murag.infer.predict_and_score, question-only  -> eval/*baseline/
+  memory               murag.build_memory: encode + index + neighbours -> memory/
+  evaluate_distractor  the in-batch model, each batch's candidates   -> eval/*distractor/
+  finetune_fixed       murag.train on webqa_fixed_v1                 -> finetune_fixed/
+  evaluate             the full-wiki setting; the table of all three -> eval/murag_fullwiki/
+  export               murag.export.export_bundle                    -> export/
+  examples             three validation questions with attribution   -> examples.txt
 The table (paper Table 4 shape) is printed and written to results.md / results.json.
+
+With DemoConfig.concurrent_stages, the stages that the MuRAG chain (in-batch fine-tuning,
+memory, fixed retrieval, full-wiki evaluation) does not read run in a second process beside
+it: `baseline` + `evaluate_baseline` from the start of in-batch fine-tuning,
+`evaluate_distractor` from the start of the memory stage (CONCURRENT_STAGES).
 
 The question-only baseline is the same network trained and evaluated with
 MuRAGConfig.use_memory = False (the reader sees only [CLS]; the question; no memory item is
@@ -38,15 +45,22 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_GIN = os.path.join(REPO_ROOT, "gin_configs", "experiments", "murag_demo_full.gin")
 IMAGE_CATEGORIES = ("color", "shape", "number", "Others", "YesNo", "choose")
 STAGES = ("world", "vocab", "tfds", "pretrain_stage1", "pretrain_stage2", "finetune_inbatch",
-          "baseline", "memory", "finetune_fixed", "evaluate", "export", "examples")
+          "baseline", "evaluate_baseline", "memory", "evaluate_distractor", "finetune_fixed",
+          "evaluate", "export", "examples")
 # The stages whose outputs each stage reads.
 STAGE_INPUTS = {
     "world": (), "vocab": ("world",), "tfds": ("vocab",), "pretrain_stage1": ("tfds",),
     "pretrain_stage2": ("pretrain_stage1",), "finetune_inbatch": ("pretrain_stage2",),
-    "baseline": ("pretrain_stage2",), "memory": ("finetune_inbatch",),
+    "baseline": ("pretrain_stage2",), "evaluate_baseline": ("baseline",),
+    "evaluate_distractor": ("finetune_inbatch",), "memory": ("finetune_inbatch",),
     "finetune_fixed": ("memory",),
-    "evaluate": ("finetune_inbatch", "baseline", "memory", "finetune_fixed"),
+    "evaluate": ("evaluate_baseline", "evaluate_distractor", "memory", "finetune_fixed"),
     "export": ("finetune_fixed",), "examples": ("evaluate",)}
+# With DemoConfig.concurrent_stages: when the main process reaches the key, a child process
+# starts the value's unfinished stages (which come after the key in STAGES); the main process
+# waits for it only before a stage that reads one of them (or at the end).
+CONCURRENT_STAGES = {"finetune_inbatch": ("baseline", "evaluate_baseline"),
+                     "memory": ("evaluate_distractor",)}
 
 
 @gin.configurable
@@ -89,11 +103,11 @@ class DemoConfig:
   checkpoints_per_stage: int = 2
   export_saved_model: bool = True
   mmqa: bool = True
-  # Train the question-only baseline in a second process while the MuRAG chain (in-batch
-  # fine-tuning, memory, fixed retrieval) runs: both start from pre-training stage 2 and
-  # share nothing else. It overlaps one stage's single-threaded compilation and input
-  # start-up with the other's steps (reduced run 7 min 13 s -> 6 min 45 s; README).
-  concurrent_baseline: bool = True
+  # Run the stages the MuRAG chain does not read (question-only training and evaluation,
+  # the distractor evaluation) in a second process beside it (CONCURRENT_STAGES). It overlaps
+  # one process's single-threaded tracing, compilation and input start-up with the other's
+  # work (docs/readme/demo.md).
+  concurrent_stages: bool = True
 
 
 class StageOrderError(ValueError):
@@ -167,7 +181,7 @@ class Demo:
   """Runs the stages under one run directory (see the module docstring).
 
   `argv` (the command line's --gin_file / --gin. arguments) lets `run` start a stage in a
-  child `python -m murag.demo` process with the same configuration (concurrent_baseline).
+  child `python -m murag.demo` process with the same configuration (concurrent_stages).
   """
 
   def __init__(self, run_dir: str, cfg: DemoConfig, argv: Optional[List[str]] = None):
@@ -181,7 +195,8 @@ class Demo:
         "world": 5, "vocab": 2, "tfds": 30,
         "pretrain_stage1": c.pretrain1_steps * 1.0, "pretrain_stage2": c.pretrain2_steps * 1.2,
         "finetune_inbatch": c.finetune_steps * 1.5, "baseline": c.baseline_steps * 0.6,
-        "memory": 20, "finetune_fixed": c.fixed_steps * 1.2, "evaluate": 60,
+        "evaluate_baseline": 15, "evaluate_distractor": 20,
+        "memory": 20, "finetune_fixed": c.fixed_steps * 1.2, "evaluate": 25,
         "export": 60 if c.export_saved_model else 20, "examples": 1})
     self.log = self.progress.log
     self.world_dir = os.path.join(self.run_dir, "world")
@@ -407,30 +422,42 @@ class Demo:
                             self.path("finetune_inbatch"),
                             self.make_model(retrieval_mode="fixed"))
 
-  def stage_evaluate(self):
+  def stage_evaluate_baseline(self):
+    out = {}
+    self.log("  evaluate: question-only baseline")
+    model = self.make_model(question_only=True)
+    out["baseline"] = self.evaluate_task(model, self.path("baseline_qonly"), "webqa_inbatch_v1",
+                                         1, "baseline")
+    if self.cfg.mmqa:
+      self.log("  evaluate: question-only baseline on MultimodalQA (no MMQA fine-tuning)")
+      out["mmqa_baseline"] = self.evaluate_task(model, self.path("baseline_qonly"),
+                                                "mmqa_inbatch_v1", 1, "mmqa_baseline")
+    return {"evaluations": out}
+
+  def stage_evaluate_distractor(self):
     c = self.cfg
-    k = self.model_config().top_k
     out = {}
     self.log("  evaluate: MuRAG, distractor setting (in-batch candidates)")
-    out["murag_distractor"] = self.evaluate_task(
-        self.make_model(retrieval_mode="inbatch"), self.path("finetune_inbatch"),
-        "webqa_inbatch_v1", c.memory_slots, "murag_distractor")
+    model = self.make_model(retrieval_mode="inbatch")
+    out["murag_distractor"] = self.evaluate_task(model, self.path("finetune_inbatch"),
+                                                 "webqa_inbatch_v1", c.memory_slots,
+                                                 "murag_distractor")
+    if c.mmqa:
+      self.log("  evaluate: MuRAG on MultimodalQA (WebQA-trained, no MMQA fine-tuning)")
+      out["mmqa_murag_distractor"] = self.evaluate_task(
+          model, self.path("finetune_inbatch"), "mmqa_inbatch_v1", c.memory_slots,
+          "mmqa_murag_distractor")
+    return {"evaluations": out}
+
+  def stage_evaluate(self):
+    k = self.model_config().top_k
+    out = {}
+    for stage in ("evaluate_baseline", "evaluate_distractor"):
+      out.update(self._stage_summary(stage)["evaluations"])
     self.log("  evaluate: MuRAG, full-wiki setting (global index, fixed retrieval)")
     out["murag_fullwiki"] = self.evaluate_task(
         self.make_model(retrieval_mode="fixed"), self.path("finetune_fixed"),
         "webqa_fixed_v1", k, "murag_fullwiki")
-    self.log("  evaluate: question-only baseline")
-    out["baseline"] = self.evaluate_task(
-        self.make_model(question_only=True), self.path("baseline_qonly"), "webqa_inbatch_v1",
-        1, "baseline")
-    if c.mmqa:
-      self.log("  evaluate: MultimodalQA (WebQA-trained models, no MMQA fine-tuning)")
-      out["mmqa_murag_distractor"] = self.evaluate_task(
-          self.make_model(retrieval_mode="inbatch"), self.path("finetune_inbatch"),
-          "mmqa_inbatch_v1", c.memory_slots, "mmqa_murag_distractor")
-      out["mmqa_baseline"] = self.evaluate_task(
-          self.make_model(question_only=True), self.path("baseline_qonly"), "mmqa_inbatch_v1",
-          1, "mmqa_baseline")
     memory = self._stage_summary("memory")
     out["fullwiki_index_retrieval"] = memory["retrieval"]["webqa_inbatch_v1/validation"]
     table = results_table(out)
@@ -465,17 +492,19 @@ class Demo:
       return json.load(f)
 
   # ---------------------------------------------------------------- concurrent stages
-  def start_child(self, stage: str) -> None:
-    """Runs `stage` in a child `python -m murag.demo --stages=<stage>` process.
+  def start_child(self, stages: List[str]) -> None:
+    """Runs `stages` in a child `python -m murag.demo --stages=a,b` process.
 
-    Its output lines are echoed with a `[<stage>]` prefix; `wait_child` joins it.
+    Its progress lines are echoed with a `[a,b]` prefix; `wait_child` joins it.
     """
     import subprocess  # pylint: disable=g-import-not-at-top
     import threading  # pylint: disable=g-import-not-at-top
+    name = ",".join(stages)
     cmd = [sys.executable, "-m", "murag.demo", f"--run_dir={self.run_dir}",
-           f"--stages={stage}"] + list(self.argv or [])
-    self.log(f"stage {STAGES.index(stage) + 1}/{len(STAGES)} {stage}: started in a "
-             f"concurrent process")
+           f"--stages={name}"] + list(self.argv or [])
+    for stage in stages:
+      self.log(f"stage {STAGES.index(stage) + 1}/{len(STAGES)} {stage}: started in a "
+               f"concurrent process")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     tail: List[str] = []
@@ -485,21 +514,26 @@ class Demo:
         tail.append(line)
         del tail[:-200]
         if line.startswith("[demo") or line.startswith("Traceback") or "Error" in line:
-          print(f"[{stage}] {line}", end="", flush=True)
+          print(f"[{name}] {line}", end="", flush=True)
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
-    self._children[stage] = (proc, thread, tail)
+    child = (name, proc, thread, tail)
+    for stage in stages:
+      self._children[stage] = child
 
   def wait_child(self, stage: str) -> None:
-    proc, thread, tail = self._children.pop(stage)
+    """Waits for the child process running `stage` (and the others it runs)."""
+    name, proc, thread, tail = self._children[stage]
+    for s in [s for s, c in self._children.items() if c[0] == name]:
+      del self._children[s]
     if proc.poll() is None:
-      self.log(f"  waiting for the concurrent {stage} process")
+      self.log(f"  waiting for the concurrent process of {name}")
     rc = proc.wait()
     thread.join()
     if rc != 0:
-      raise RuntimeError(f"the concurrent {stage} stage failed (exit {rc}); its last output:\n"
-                         + "".join(tail[-40:]))
+      raise RuntimeError(f"the concurrent process of {name} failed (exit {rc}); its last "
+                         f"output:\n" + "".join(tail[-40:]))
 
   def check_predecessors(self, stages: List[str]) -> None:
     """Raises StageOrderError unless every stage that `stages` read has finished (or is
@@ -520,6 +554,8 @@ class Demo:
     fns = {"world": self.stage_world, "vocab": self.stage_vocab, "tfds": self.stage_tfds,
            "pretrain_stage1": self.stage_pretrain1, "pretrain_stage2": self.stage_pretrain2,
            "finetune_inbatch": self.stage_finetune_inbatch, "baseline": self.stage_baseline,
+           "evaluate_baseline": self.stage_evaluate_baseline,
+           "evaluate_distractor": self.stage_evaluate_distractor,
            "memory": self.stage_memory, "finetune_fixed": self.stage_finetune_fixed,
            "evaluate": self.stage_evaluate, "export": self.stage_export,
            "examples": self.stage_examples}
@@ -531,18 +567,32 @@ class Demo:
         self.run_stage(stage, fns[stage])
       return {}
     t0 = time.time()
-    concurrent = (self.cfg.concurrent_baseline and self.argv is not None
-                  and not os.path.exists(self._marker("baseline")))
+    concurrent = self.cfg.concurrent_stages and self.argv is not None
+    in_child: List[str] = []  # stages run by a child, not yet waited for
+
+    def join(stage):  # waits for `stage`'s child, then records (logs) its stages
+      self.wait_child(stage)
+      for s in [s for s in in_child if s not in self._children]:
+        in_child.remove(s)
+        self.run_stage(s, fns[s], concurrent=True)
+
     try:
       for stage in STAGES:
-        if stage == "finetune_inbatch" and concurrent:
-          self.start_child("baseline")  # needs pretrain_stage2 only
-        ran_concurrently = stage in self._children
-        if ran_concurrently:
-          self.wait_child(stage)
-        self.run_stage(stage, fns[stage], concurrent=ran_concurrently)
+        group = [s for s in CONCURRENT_STAGES.get(stage, ())
+                 if not os.path.exists(self._marker(s))]
+        if concurrent and group:
+          self.start_child(group)
+          in_child.extend(group)
+        if stage in in_child:
+          continue
+        for needed in STAGE_INPUTS[stage]:
+          if needed in in_child:
+            join(needed)
+        self.run_stage(stage, fns[stage])
+      while in_child:
+        join(in_child[0])
     finally:
-      for proc, _, _ in self._children.values():
+      for _, proc, _, _ in self._children.values():
         proc.kill()
     self.log(f"all stages done in {_fmt(time.time() - t0)}; results in "
              f"{self.path('results.md')}")

@@ -62,6 +62,21 @@ def test_stage_inputs_cover_every_stage_and_point_backwards():
       assert demo.STAGES.index(d) < demo.STAGES.index(stage), (stage, d)
 
 
+def test_concurrent_stages_are_off_the_murag_chain_and_their_inputs_are_ready():
+  chain = [s for s in demo.STAGES
+           if s not in {c for group in demo.CONCURRENT_STAGES.values() for c in group}]
+  for start, group in demo.CONCURRENT_STAGES.items():
+    # The main process meets a group's stages only after it has started their child.
+    assert all(demo.STAGES.index(s) > demo.STAGES.index(start) for s in group), group
+    before = chain[:chain.index(start)]  # finished in the main process when the child starts
+    for i, stage in enumerate(group):
+      for needed in demo.STAGE_INPUTS[stage]:
+        assert needed in before or needed in group[:i], (stage, needed)
+    # No main-process stage up to the next join reads the group (it would wait at once).
+    readers = [s for s in chain if set(demo.STAGE_INPUTS[s]) & set(group)]
+    assert readers and all(chain.index(r) > chain.index(start) for r in readers), group
+
+
 def test_stages_flag_checks_the_stages_it_reads(tmp_path):
   d = demo.Demo(str(tmp_path / "run"), demo.DemoConfig())
 
@@ -79,9 +94,12 @@ def test_stages_flag_checks_the_stages_it_reads(tmp_path):
   # The MuRAG chain does not need the baseline; the evaluation does.
   d.check_predecessors(["finetune_inbatch", "memory", "finetune_fixed"])
   mark("finetune_inbatch", "memory", "finetune_fixed")
-  with pytest.raises(demo.StageOrderError, match=r"'evaluate' .*\['baseline'\]"):
+  with pytest.raises(demo.StageOrderError,
+                     match=r"'evaluate' .*\['evaluate_baseline', 'evaluate_distractor'\]"):
     d.check_predecessors(["evaluate", "export"])
-  d.check_predecessors(["baseline", "evaluate"])
+  with pytest.raises(demo.StageOrderError, match=r"'evaluate_baseline' .*\['baseline'\]"):
+    d.check_predecessors(["evaluate_baseline", "evaluate_distractor", "evaluate"])
+  d.check_predecessors(["baseline", "evaluate_baseline", "evaluate_distractor", "evaluate"])
   assert demo.main([f"--run_dir={d.run_dir}", "--stages=examples"]) == 2
 
 
