@@ -21,6 +21,7 @@ CORE = [
     "array-record",
     "scann==1.4.2",
     "gin-config==0.5.0",
+    "pyfarmhash==0.5.1",
     "sentencepiece",
     "pillow",
     "pyarrow",

@@ -11,9 +11,11 @@ stored encodings stay frozen. This module owns the two data contracts of that st
        int_id = Fingerprint64(utf8(string_id)) % (2**31 - 1)
 
    i.e. `tf.strings.to_hash_bucket_fast(string_id, 2**31 - 1)` (FarmHash fingerprint, stable
-   across platforms and TF versions). The same formula runs inside tf.data graphs and on the
-   host, and is independent of dataset order, so an item gets the same id in every builder,
-   task and index. `IdMap` inverts it for attribution (ids -> strings).
+   across platforms and TF versions). The same formula runs inside tf.data graphs (that TF
+   op) and on the host (pyfarmhash's `fingerprint64`, the same FarmHash function without an
+   eager TF call per id: TFDS conversion computes one per source), and is independent of
+   dataset order, so an item gets the same id in every builder, task and index. `IdMap`
+   inverts it for attribution (ids -> strings).
 
 2. **Neighbour records.** One JSON line per query example:
 
@@ -28,6 +30,7 @@ import json
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+import farmhash
 import numpy as np
 import tensorflow as tf
 
@@ -39,9 +42,7 @@ def stable_int_ids(string_ids: Sequence[str]) -> np.ndarray:
   for s in string_ids:
     if not isinstance(s, str) or not s:
       raise ValueError(f"memory item id must be a non-empty string, got {s!r}")
-  if not len(string_ids):
-    return np.zeros([0], np.int32)
-  return tf.strings.to_hash_bucket_fast(list(string_ids), INT_ID_MODULUS).numpy().astype(np.int32)
+  return np.array([farmhash.fingerprint64(s) % INT_ID_MODULUS for s in string_ids], np.int32)
 
 
 def stable_int_id(string_id: str) -> int:

@@ -108,6 +108,9 @@ class DemoConfig:
   # one process's single-threaded tracing, compilation and input start-up with the other's
   # work (docs/readme/demo.md).
   concurrent_stages: bool = True
+  # Niceness added to that process: the MuRAG chain is the critical path, the concurrent
+  # stages have slack until the full-wiki evaluation reads them.
+  concurrent_nice: int = 10
 
 
 class StageOrderError(ValueError):
@@ -505,8 +508,10 @@ class Demo:
     for stage in stages:
       self.log(f"stage {STAGES.index(stage) + 1}/{len(STAGES)} {stage}: started in a "
                f"concurrent process")
+    nice = self.cfg.concurrent_nice
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+                            stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
     tail: List[str] = []
 
     def pump():

@@ -26,6 +26,15 @@ def test_int_ids_agree_between_host_and_graph():
     nb.stable_int_id("")
 
 
+def test_host_ids_equal_the_tf_op_for_every_farmhash_length_class():
+  # FarmHash takes different paths for 0-16, 17-32, 33-64 and > 64 bytes; ids may be UTF-8.
+  rng = np.random.default_rng(0)
+  alphabet = list("abcXYZ019_-/.") + ["é", "漢", "ß", "🙂"]
+  ids = ["".join(rng.choice(alphabet, n)) for n in list(range(1, 140)) + [257, 1000]]
+  np.testing.assert_array_equal(nb.stable_int_ids(ids),
+                                nb.stable_int_id_tf(tf.constant(ids)).numpy())
+
+
 def test_id_map_round_trip(tmp_path):
   m = nb.IdMap(["a", "b", "c"])
   ints = [nb.stable_int_id(s) for s in ("c", "a")]
