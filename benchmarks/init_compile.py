@@ -46,7 +46,8 @@ def main(argv=None):
                            partitioner=d.partitioner(), input_shapes=shapes, input_types=types)
 
   def init(rng):
-    params = trainer_lib._unfreeze(tr._init_variables(rng)["params"])  # pylint: disable=protected-access
+    variables = tr._init_variables(rng)  # pylint: disable=protected-access
+    params = trainer_lib._unfreeze(variables["params"])  # pylint: disable=protected-access
     return trainer_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                                   opt_state=tr.optimizer.init(params),
                                   rng=jax.random.fold_in(rng, 1))
@@ -70,8 +71,9 @@ def main(argv=None):
       print(f"{name:18s} compile {t1 - t0:6.2f} s   run {t2 - t1:5.2f} s", flush=True)
   med = {n: statistics.median(t["compile"]) for n, t in times.items()}
   print(f"options: {variants['run-once options']}")
-  print(f"median compile: defaults {med['xla defaults']:.2f} s, run-once "
-        f"{med['run-once options']:.2f} s, ratio {med['run-once options'] / med['xla defaults']:.2f}")
+  default, once = med["xla defaults"], med["run-once options"]
+  print(f"median compile: defaults {default:.2f} s, run-once {once:.2f} s, "
+        f"ratio {once / default:.2f}")
   a, b = (jax.tree.leaves(states[n]) for n in variants)
   diff = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
              for x, y in zip(a, b))

@@ -11,6 +11,7 @@ Stages (all artifacts under run_dir):
   vocab                tasks.vocab.build_offline_vocabulary          -> world/vocab/
   tfds                 tasks.builders.build (every source)           -> tfds/
   pretrain_stage1      murag.train on murag_pretrain_stage1 (LAION)  -> pretrain_stage1/
+  compile_ahead        fine-tuning train steps compiled into          -> jax_cache/
   pretrain_stage2      murag.train on murag_pretrain_stage2 (1:1:1)  -> pretrain_stage2/
   finetune_inbatch     murag.train on webqa_inbatch_v1               -> finetune_inbatch/
   baseline             the same model, question only (use_memory=False) -> baseline_qonly/
@@ -25,8 +26,10 @@ The table (paper Table 4 shape) is printed and written to results.md / results.j
 
 With DemoConfig.concurrent_stages, the stages that the MuRAG chain (in-batch fine-tuning,
 memory, fixed retrieval, full-wiki evaluation) does not read run in a second process beside
-it: `baseline` + `evaluate_baseline` from the start of in-batch fine-tuning,
-`evaluate_distractor` from the start of the memory stage (CONCURRENT_STAGES).
+it: `compile_ahead` from the start of pre-training (the fine-tuning stages' train steps,
+compiled into the run's persistent compilation cache before those stages need them),
+`baseline` + `evaluate_baseline` from the start of in-batch fine-tuning, `evaluate_distractor`
+from the start of the memory stage (CONCURRENT_STAGES).
 
 The question-only baseline is the same network trained and evaluated with
 MuRAGConfig.use_memory = False (the reader sees only [CLS]; the question; no memory item is
@@ -44,12 +47,13 @@ import gin
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_GIN = os.path.join(REPO_ROOT, "gin_configs", "experiments", "murag_demo_full.gin")
 IMAGE_CATEGORIES = ("color", "shape", "number", "Others", "YesNo", "choose")
-STAGES = ("world", "vocab", "tfds", "pretrain_stage1", "pretrain_stage2", "finetune_inbatch",
-          "baseline", "evaluate_baseline", "memory", "evaluate_distractor", "finetune_fixed",
-          "evaluate", "export", "examples")
+STAGES = ("world", "vocab", "tfds", "pretrain_stage1", "compile_ahead", "pretrain_stage2",
+          "finetune_inbatch", "baseline", "evaluate_baseline", "memory", "evaluate_distractor",
+          "finetune_fixed", "evaluate", "export", "examples")
 # The stages whose outputs each stage reads.
 STAGE_INPUTS = {
-    "world": (), "vocab": ("world",), "tfds": ("vocab",), "pretrain_stage1": ("tfds",),
+    "world": (), "vocab": ("world",), "tfds": ("vocab",), "compile_ahead": ("vocab",),
+    "pretrain_stage1": ("tfds",),
     "pretrain_stage2": ("pretrain_stage1",), "finetune_inbatch": ("pretrain_stage2",),
     "baseline": ("pretrain_stage2",), "evaluate_baseline": ("baseline",),
     "evaluate_distractor": ("finetune_inbatch",), "memory": ("finetune_inbatch",),
@@ -59,7 +63,8 @@ STAGE_INPUTS = {
 # With DemoConfig.concurrent_stages: when the main process reaches the key, a child process
 # starts the value's unfinished stages (which come after the key in STAGES); the main process
 # waits for it only before a stage that reads one of them (or at the end).
-CONCURRENT_STAGES = {"finetune_inbatch": ("baseline", "evaluate_baseline"),
+CONCURRENT_STAGES = {"pretrain_stage1": ("compile_ahead",),
+                     "finetune_inbatch": ("baseline", "evaluate_baseline"),
                      "memory": ("evaluate_distractor",)}
 
 
@@ -195,7 +200,7 @@ class Demo:
     os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
     c = cfg
     self.progress = Progress({
-        "world": 5, "vocab": 2, "tfds": 30,
+        "world": 5, "vocab": 2, "tfds": 30, "compile_ahead": 40,
         "pretrain_stage1": c.pretrain1_steps * 1.0, "pretrain_stage2": c.pretrain2_steps * 1.2,
         "finetune_inbatch": c.finetune_steps * 1.5, "baseline": c.baseline_steps * 0.6,
         "evaluate_baseline": 15, "evaluate_distractor": 20,
@@ -289,7 +294,6 @@ class Demo:
                   memory_slots: int, init: Optional[str], model,
                   lengths: Optional[Dict[str, int]] = None) -> dict:
     from murag import checkpoints  # pylint: disable=g-import-not-at-top
-    from murag import optimizers  # pylint: disable=g-import-not-at-top
     from murag import train as train_lib  # pylint: disable=g-import-not-at-top
     from tasks import pipeline  # pylint: disable=g-import-not-at-top
     self.register()
@@ -298,11 +302,7 @@ class Demo:
       return ProgressIterator(pipeline.get_dataset_iterator(cfg, **kwargs), stage, steps,
                               self.cfg.log_period, self.log)
 
-    decay = self.cfg.lr_decay
-    optimizer = optimizers.adafactor(learning_rate_fn=optimizers.learning_rate_schedule(
-        base_learning_rate=self.cfg.learning_rate, decay=decay,
-        decay_steps=steps if decay in ("linear", "cosine") else None,
-        final_fraction=self.cfg.lr_final_fraction))
+    optimizer = self.optimizer(steps)
     period = max(-(-steps // max(self.cfg.checkpoints_per_stage, 1)), 1)
     ckpt_cfg = checkpoints.CheckpointConfig(period=period, keep=1,
                                             async_save=False, init_checkpoint=init,
@@ -317,6 +317,25 @@ class Demo:
     return {"task": task, "steps": int(step), "batch": batch, "memory_slots": memory_slots,
             "init": init, "train_seconds": round(time.time() - t0, 1),
             "final_metrics": _last_train_metrics(model_dir)}
+
+  def optimizer(self, steps: int):
+    """The Adafactor of a training stage of `steps` steps (its schedule decays over them)."""
+    from murag import optimizers  # pylint: disable=g-import-not-at-top
+    decay = self.cfg.lr_decay
+    return optimizers.adafactor(learning_rate_fn=optimizers.learning_rate_schedule(
+        base_learning_rate=self.cfg.learning_rate, decay=decay,
+        decay_steps=steps if decay in ("linear", "cosine") else None,
+        final_fraction=self.cfg.lr_final_fraction))
+
+  def training_programs(self):
+    """(stage, model, steps, batch, memory_slots) of the fine-tuning stages, in run order."""
+    c = self.cfg
+    return [("finetune_inbatch", self.make_model(retrieval_mode="inbatch"), c.finetune_steps,
+             c.finetune_batch, c.memory_slots),
+            ("finetune_fixed", self.make_model(retrieval_mode="fixed"), c.fixed_steps,
+             c.finetune_batch, self.model_config().top_k),
+            ("baseline", self.make_model(question_only=True), c.baseline_steps,
+             c.finetune_batch, 1)]
 
   def load_params(self, model, model_dir: str, memory_slots: int, batch: int):
     from murag import checkpoints  # pylint: disable=g-import-not-at-top
@@ -372,6 +391,35 @@ class Demo:
       out[f"{source}/{config}"] = {k: v.num_examples for k, v in b.info.splits.items()}
     return {"splits": out}
 
+  def stage_compile_ahead(self):
+    """Compiles the fine-tuning stages' train steps into the persistent compilation cache.
+
+    Runs in the concurrent process from the start of pre-training, which leaves part of the
+    two cores idle (single-threaded tracing, input start-up, small matrices); the stages then
+    load the compiled programs from `jax_cache/` instead of compiling them on the critical
+    path. The programs are those `train_stage` builds (same model, optimizer schedule, feature
+    shapes and shardings), lowered for abstract inputs; nothing is read or allocated.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    from murag import train as train_lib  # pylint: disable=g-import-not-at-top
+    from murag import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+    if not jax.config.jax_compilation_cache_dir:
+      return {"skipped": "no persistent compilation cache configured"}
+    out = {}
+    for stage, model, steps, batch, slots in self.training_programs():
+      if os.path.exists(self._marker(stage)):
+        continue
+      t0 = time.time()
+      conv = train_lib.make_feature_converter(model, None, {"memory_slots": slots})
+      shapes, types = train_lib.model_feature_shapes(batch, self.cfg.lengths, conv)
+      trainer = trainer_lib.Trainer(model=model, optimizer=self.optimizer(steps),
+                                    partitioner=self.partitioner(), input_shapes=shapes,
+                                    input_types=types)
+      trainer.lower_train_step().compile()
+      out[stage] = round(time.time() - t0, 1)
+      self.log(f"  compile_ahead: {stage} train step compiled in {out[stage]:.1f}s")
+    return {"compile_seconds": out}
+
   def stage_pretrain1(self):
     from tasks import mixtures  # pylint: disable=g-import-not-at-top
     c = self.cfg
@@ -390,18 +438,19 @@ class Demo:
                             self.path("pretrain_stage1"), self.make_model(),
                             lengths=c.pretrain_lengths)
 
+  def _program(self, stage: str):
+    return next(p for p in self.training_programs() if p[0] == stage)[1:]
+
   def stage_finetune_inbatch(self):
-    c = self.cfg
+    model, steps, batch, slots = self._program("finetune_inbatch")
     return self.train_stage("finetune_inbatch", self.path("finetune_inbatch"),
-                            "webqa_inbatch_v1", c.finetune_steps, c.finetune_batch,
-                            c.memory_slots, self.path("pretrain_stage2"),
-                            self.make_model(retrieval_mode="inbatch"))
+                            "webqa_inbatch_v1", steps, batch, slots,
+                            self.path("pretrain_stage2"), model)
 
   def stage_baseline(self):
-    c = self.cfg
+    model, steps, batch, slots = self._program("baseline")
     return self.train_stage("baseline", self.path("baseline_qonly"), "webqa_inbatch_v1",
-                            c.baseline_steps, c.finetune_batch, 1,
-                            self.path("pretrain_stage2"), self.make_model(question_only=True))
+                            steps, batch, slots, self.path("pretrain_stage2"), model)
 
   def stage_memory(self):
     from murag import build_memory  # pylint: disable=g-import-not-at-top
@@ -419,11 +468,9 @@ class Demo:
     return dict(summary)
 
   def stage_finetune_fixed(self):
-    c = self.cfg
+    model, steps, batch, slots = self._program("finetune_fixed")
     return self.train_stage("finetune_fixed", self.path("finetune_fixed"), "webqa_fixed_v1",
-                            c.fixed_steps, c.finetune_batch, self.model_config().top_k,
-                            self.path("finetune_inbatch"),
-                            self.make_model(retrieval_mode="fixed"))
+                            steps, batch, slots, self.path("finetune_inbatch"), model)
 
   def stage_evaluate_baseline(self):
     out = {}
@@ -557,6 +604,7 @@ class Demo:
   def run(self, stages: Optional[List[str]] = None) -> dict:
     """Runs every stage (or only `stages`, whose predecessors must be done) in order."""
     fns = {"world": self.stage_world, "vocab": self.stage_vocab, "tfds": self.stage_tfds,
+           "compile_ahead": self.stage_compile_ahead,
            "pretrain_stage1": self.stage_pretrain1, "pretrain_stage2": self.stage_pretrain2,
            "finetune_inbatch": self.stage_finetune_inbatch, "baseline": self.stage_baseline,
            "evaluate_baseline": self.stage_evaluate_baseline,
