@@ -108,8 +108,9 @@ class DemoConfig:
   checkpoints_per_stage: int = 2
   export_saved_model: bool = True
   mmqa: bool = True
-  # Run the stages the MuRAG chain does not read (question-only training and evaluation,
-  # the distractor evaluation) in a second process beside it (CONCURRENT_STAGES). It overlaps
+  # Run the stages the MuRAG chain does not read (compiling its fine-tuning steps ahead,
+  # question-only training and evaluation, the distractor evaluation) in a second process
+  # beside it (CONCURRENT_STAGES). It overlaps
   # one process's single-threaded tracing, compilation and input start-up with the other's
   # work (docs/readme/demo.md).
   concurrent_stages: bool = True
@@ -329,15 +330,19 @@ class Demo:
         decay_steps=steps if decay in ("linear", "cosine") else None,
         final_fraction=self.cfg.lr_final_fraction))
 
-  def training_programs(self):
-    """(stage, model, steps, batch, memory_slots) of the fine-tuning stages, in run order."""
+  def finetune_program(self, stage: str):
+    """(model, steps, batch, memory_slots) of a fine-tuning stage; `train_stage` and
+    `stage_compile_ahead` build the same program from it."""
     c = self.cfg
-    return [("finetune_inbatch", self.make_model(retrieval_mode="inbatch"), c.finetune_steps,
-             c.finetune_batch, c.memory_slots),
-            ("finetune_fixed", self.make_model(retrieval_mode="fixed"), c.fixed_steps,
-             c.finetune_batch, self.model_config().top_k),
-            ("baseline", self.make_model(question_only=True), c.baseline_steps,
-             c.finetune_batch, 1)]
+    if stage == "finetune_inbatch":
+      return (self.make_model(retrieval_mode="inbatch"), c.finetune_steps, c.finetune_batch,
+              c.memory_slots)
+    if stage == "finetune_fixed":
+      return (self.make_model(retrieval_mode="fixed"), c.fixed_steps, c.finetune_batch,
+              self.model_config().top_k)
+    if stage == "baseline":
+      return self.make_model(question_only=True), c.baseline_steps, c.finetune_batch, 1
+    raise ValueError(f"{stage!r} is not a fine-tuning stage")
 
   def load_params(self, model, model_dir: str, memory_slots: int, batch: int):
     from murag import checkpoints  # pylint: disable=g-import-not-at-top
@@ -408,11 +413,12 @@ class Demo:
     if not jax.config.jax_compilation_cache_dir:
       return {"skipped": "no persistent compilation cache configured"}
     out = {}
-    for stage, model, steps, batch, slots in self.training_programs():
-      # The baseline trains in a concurrent process itself, off the critical path; compiling
-      # its step here as well only competed with that process for the cores.
-      if stage == "baseline" or os.path.exists(self._marker(stage)):
+    # Not the baseline: it trains in a concurrent process itself, off the critical path, and
+    # compiling its step here as well only competed with that process for the cores.
+    for stage in ("finetune_inbatch", "finetune_fixed"):
+      if os.path.exists(self._marker(stage)):
         continue
+      model, steps, batch, slots = self.finetune_program(stage)
       t0 = time.time()
       conv = train_lib.make_feature_converter(model, None, {"memory_slots": slots})
       shapes, types = train_lib.model_feature_shapes(batch, self.cfg.lengths, conv)
@@ -442,17 +448,14 @@ class Demo:
                             self.path("pretrain_stage1"), self.make_model(),
                             lengths=c.pretrain_lengths)
 
-  def _program(self, stage: str):
-    return next(p for p in self.training_programs() if p[0] == stage)[1:]
-
   def stage_finetune_inbatch(self):
-    model, steps, batch, slots = self._program("finetune_inbatch")
+    model, steps, batch, slots = self.finetune_program("finetune_inbatch")
     return self.train_stage("finetune_inbatch", self.path("finetune_inbatch"),
                             "webqa_inbatch_v1", steps, batch, slots,
                             self.path("pretrain_stage2"), model)
 
   def stage_baseline(self):
-    model, steps, batch, slots = self._program("baseline")
+    model, steps, batch, slots = self.finetune_program("baseline")
     return self.train_stage("baseline", self.path("baseline_qonly"), "webqa_inbatch_v1",
                             steps, batch, slots, self.path("pretrain_stage2"), model)
 
@@ -472,7 +475,7 @@ class Demo:
     return dict(summary)
 
   def stage_finetune_fixed(self):
-    model, steps, batch, slots = self._program("finetune_fixed")
+    model, steps, batch, slots = self.finetune_program("finetune_fixed")
     return self.train_stage("finetune_fixed", self.path("finetune_fixed"), "webqa_fixed_v1",
                             steps, batch, slots, self.path("finetune_inbatch"), model)
 
