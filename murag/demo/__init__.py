@@ -8,10 +8,10 @@ stages (and the trainer itself resumes an interrupted stage from its newest chec
 
 Stages (all artifacts under run_dir):
   world                tasks.synthetic_world.generate_world          -> world/
+  compile_ahead        the MuRAG train steps, compiled ahead         -> jax_cache/
   vocab                tasks.vocab.build_offline_vocabulary          -> world/vocab/
   tfds                 tasks.builders.build (every source)           -> tfds/
   pretrain_stage1      murag.train on murag_pretrain_stage1 (LAION)  -> pretrain_stage1/
-  compile_ahead        fine-tuning train steps compiled into          -> jax_cache/
   pretrain_stage2      murag.train on murag_pretrain_stage2 (1:1:1)  -> pretrain_stage2/
   finetune_inbatch     murag.train on webqa_inbatch_v1               -> finetune_inbatch/
   baseline             the same model, question only (use_memory=False) -> baseline_qonly/
@@ -26,8 +26,9 @@ The table (paper Table 4 shape) is printed and written to results.md / results.j
 
 With DemoConfig.concurrent_stages, the stages that the MuRAG chain (in-batch fine-tuning,
 memory, fixed retrieval, full-wiki evaluation) does not read run in a second process beside
-it: `compile_ahead` from the start of pre-training (the fine-tuning stages' train steps,
-compiled into the run's persistent compilation cache before those stages need them),
+it: `compile_ahead` from the start (pre-training's initialiser and train step, then the
+fine-tuning stages' train steps, compiled into the run's persistent compilation cache while the
+world is generated and before those stages need them),
 `baseline` + `evaluate_baseline` from the start of in-batch fine-tuning, `evaluate_distractor`
 from the start of the memory stage (CONCURRENT_STAGES).
 
@@ -47,12 +48,12 @@ import gin
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_GIN = os.path.join(REPO_ROOT, "gin_configs", "experiments", "murag_demo_full.gin")
 IMAGE_CATEGORIES = ("color", "shape", "number", "Others", "YesNo", "choose")
-STAGES = ("world", "vocab", "tfds", "pretrain_stage1", "compile_ahead", "pretrain_stage2",
+STAGES = ("world", "compile_ahead", "vocab", "tfds", "pretrain_stage1", "pretrain_stage2",
           "finetune_inbatch", "baseline", "evaluate_baseline", "memory", "evaluate_distractor",
           "finetune_fixed", "evaluate", "export", "examples")
 # The stages whose outputs each stage reads.
 STAGE_INPUTS = {
-    "world": (), "vocab": ("world",), "tfds": ("vocab",), "compile_ahead": ("vocab",),
+    "world": (), "compile_ahead": (), "vocab": ("world",), "tfds": ("vocab",),
     "pretrain_stage1": ("tfds",),
     "pretrain_stage2": ("pretrain_stage1",), "finetune_inbatch": ("pretrain_stage2",),
     "baseline": ("pretrain_stage2",), "evaluate_baseline": ("baseline",),
@@ -63,7 +64,7 @@ STAGE_INPUTS = {
 # With DemoConfig.concurrent_stages: when the main process reaches the key, a child process
 # starts the value's unfinished stages (which come after the key in STAGES); the main process
 # waits for it only before a stage that reads one of them (or at the end).
-CONCURRENT_STAGES = {"pretrain_stage1": ("compile_ahead",),
+CONCURRENT_STAGES = {"world": ("compile_ahead",),
                      "finetune_inbatch": ("baseline", "evaluate_baseline"),
                      "memory": ("evaluate_distractor",)}
 
@@ -75,6 +76,11 @@ class DemoConfig:
   world_size: str = "medium"
   seed: int = 0
   image_config: str = "px64"
+  # SentencePiece pieces requested from the vocab stage. The model's embedding and logits
+  # have this + 100 extra ids rows, an upper bound of the trained vocabulary (SentencePiece
+  # returns fewer pieces when the corpus cannot support more; T5's 32128 rows hold 32100 ids
+  # the same way), so every program is known before the vocabulary exists.
+  vocab_size: int = 1500
   lengths: Dict[str, int] = dataclasses.field(
       default_factory=lambda: {"query_tokens": 28, "memory_tokens": 28, "targets": 8})
   # Pre-training targets are whole captions ("a picture of two pink triangles and a gray bar
@@ -154,19 +160,29 @@ def _fmt(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _touch(path: str) -> None:
+  with open(path, "w"):
+    pass
+
+
 class ProgressIterator:
   """Wraps a BatchIterator: prints step / total and the stage ETA every `period` batches."""
 
-  def __init__(self, it, stage: str, total: int, period: int, log: Callable[[str], None]):
+  def __init__(self, it, stage: str, total: int, period: int, log: Callable[[str], None],
+               before_first: Optional[Callable[[], Any]] = None):
     self.it, self.stage, self.total, self.period, self.log = it, stage, total, period, log
     self.t = None
     self.t_step = None
+    self.before_first = before_first  # called once, before the first batch is returned
 
   def __iter__(self):
     return self
 
   def __next__(self):
     batch = next(self.it)
+    if self.before_first is not None:
+      self.before_first, before_first = None, self.before_first
+      before_first()
     step = self.it.get_state()["batches_consumed"]
     now = time.time()
     if self.t is None:
@@ -198,10 +214,11 @@ class Demo:
     self.cfg = cfg
     self.argv = argv
     self._children: Dict[str, Any] = {}
+    self._ahead_waits: Dict[str, float] = {}  # stage -> seconds waited for compile_ahead
     os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
     c = cfg
     self.progress = Progress({
-        "world": 5, "vocab": 2, "tfds": 30, "compile_ahead": 40,
+        "world": 5, "vocab": 2, "tfds": 30, "compile_ahead": 60,
         "pretrain_stage1": c.pretrain1_steps * 1.0, "pretrain_stage2": c.pretrain2_steps * 1.2,
         "finetune_inbatch": c.finetune_steps * 1.5, "baseline": c.baseline_steps * 0.6,
         "evaluate_baseline": 15, "evaluate_distractor": 20,
@@ -233,10 +250,12 @@ class Demo:
       self.progress.finish(stage, 0.0, skipped=True)
       return summary
     self.log(f"stage {i}/{len(STAGES)} {stage}: start (demo ETA {self.progress.eta()})")
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     summary = fn() or {}
     seconds = time.time() - t0
     summary["seconds"] = round(seconds, 1)
+    # CPU time of this process's threads (XLA's included): where the two cores went.
+    summary["cpu_seconds"] = round(time.process_time() - cpu0, 1)
     tmp = self._marker(stage) + ".tmp"
     with open(tmp, "w") as f:
       json.dump(summary, f, indent=1, sort_keys=True, default=float)
@@ -264,18 +283,28 @@ class Demo:
                              top_k=self.model_config().top_k)
     self._registered = True
 
+  @property
+  def model_vocab_size(self) -> int:
+    """Embedding / logit rows: DemoConfig.vocab_size pieces + seqio's extra ids."""
+    from tasks import vocab  # pylint: disable=g-import-not-at-top
+    return self.cfg.vocab_size + vocab.EXTRA_IDS
+
   def model_config(self, **overrides):
     from murag import model as model_lib  # pylint: disable=g-import-not-at-top
     base = model_lib.MuRAGConfig()
     image_size = int(self.cfg.image_config[2:])
-    return dataclasses.replace(base, vocab_size=self.vocabulary().vocab_size,
+    return dataclasses.replace(base, vocab_size=self.model_vocab_size,
                                image_size=image_size, **overrides)
 
-  def make_model(self, question_only: bool = False, **overrides):
+  def make_model(self, question_only: bool = False, with_vocabulary: bool = True,
+                 **overrides):
+    """The demo's MuRAGModel; `with_vocabulary=False` (compiling only) does not read the
+    vocab stage's output."""
     from murag import model as model_lib  # pylint: disable=g-import-not-at-top
     if question_only:
       overrides.update(use_memory=False, contrastive_weight=0.0)
-    return model_lib.MuRAGModel(self.model_config(**overrides), self.vocabulary())
+    return model_lib.MuRAGModel(self.model_config(**overrides),
+                                self.vocabulary() if with_vocabulary else None)
 
   def dataset_cfg(self, task: str, split: str, batch: int, train: bool = True,
                   lengths: Optional[Dict[str, int]] = None):
@@ -291,17 +320,20 @@ class Demo:
     from murag import partitioner as partitioner_lib  # pylint: disable=g-import-not-at-top
     return partitioner_lib.Partitioner(num_partitions=1)
 
-  def train_stage(self, stage: str, model_dir: str, task: str, steps: int, batch: int,
-                  memory_slots: int, init: Optional[str], model,
-                  lengths: Optional[Dict[str, int]] = None) -> dict:
+  def train_stage(self, stage: str, model_dir: str, task: str, init: Optional[str]) -> dict:
+    """Trains `train_program(stage)` on `task` into model_dir, from checkpoint `init`."""
     from murag import checkpoints  # pylint: disable=g-import-not-at-top
     from murag import train as train_lib  # pylint: disable=g-import-not-at-top
     from tasks import pipeline  # pylint: disable=g-import-not-at-top
     self.register()
+    model, steps, batch, memory_slots, lengths = self.train_program(stage)
 
     def get_dataset(cfg, **kwargs):
+      # The first batch goes to the train step: if compile_ahead is still compiling it, wait
+      # and load it from the cache rather than compile it a second time beside it.
       return ProgressIterator(pipeline.get_dataset_iterator(cfg, **kwargs), stage, steps,
-                              self.cfg.log_period, self.log)
+                              self.cfg.log_period, self.log,
+                              lambda: self.await_compile_ahead(stage, "train step"))
 
     optimizer = self.optimizer(steps)
     period = max(-(-steps // max(self.cfg.checkpoints_per_stage, 1)), 1)
@@ -309,6 +341,7 @@ class Demo:
                                             async_save=False, init_checkpoint=init,
                                             strict_init=True)
     t0 = time.time()
+    self.await_compile_ahead(stage, "initialiser")
     with _CacheHits() as cache:
       step, _ = train_lib.train(
           model=model, train_dataset_cfg=self.dataset_cfg(task, "train", batch, lengths=lengths),
@@ -319,6 +352,7 @@ class Demo:
     return {"task": task, "steps": int(step), "batch": batch, "memory_slots": memory_slots,
             "init": init, "train_seconds": round(time.time() - t0, 1),
             "compilation_cache": cache.summary(),
+            "compile_ahead_wait_seconds": round(self._ahead_waits.get(stage, 0.0), 1),
             "final_metrics": _last_train_metrics(model_dir)}
 
   def optimizer(self, steps: int):
@@ -330,19 +364,30 @@ class Demo:
         decay_steps=steps if decay in ("linear", "cosine") else None,
         final_fraction=self.cfg.lr_final_fraction))
 
-  def finetune_program(self, stage: str):
-    """(model, steps, batch, memory_slots) of a fine-tuning stage; `train_stage` and
+  def train_program(self, stage: str, with_vocabulary: bool = True):
+    """(model, steps, batch, memory_slots, lengths) of a training stage; `train_stage` and
     `stage_compile_ahead` build the same program from it."""
     c = self.cfg
+    v = with_vocabulary
+    if stage == "pretrain_stage1":
+      # Stage 1 never augments generation (captions: M_p = Ø, retrieve = 0), so the reader
+      # needs no room for K retrieved items: top_k = 1 keeps the masked prefix small. top_k
+      # is not a parameter; stage 2 restores the same tree with the configured top_k.
+      return (self.make_model(top_k=1, with_vocabulary=v), c.pretrain1_steps,
+              c.pretrain_batch, 1, c.pretrain_lengths)
+    if stage == "pretrain_stage2":
+      return (self.make_model(with_vocabulary=v), c.pretrain2_steps, c.pretrain_batch, 1,
+              c.pretrain_lengths)
     if stage == "finetune_inbatch":
-      return (self.make_model(retrieval_mode="inbatch"), c.finetune_steps, c.finetune_batch,
-              c.memory_slots)
+      return (self.make_model(retrieval_mode="inbatch", with_vocabulary=v), c.finetune_steps,
+              c.finetune_batch, c.memory_slots, c.lengths)
     if stage == "finetune_fixed":
-      return (self.make_model(retrieval_mode="fixed"), c.fixed_steps, c.finetune_batch,
-              self.model_config().top_k)
+      return (self.make_model(retrieval_mode="fixed", with_vocabulary=v), c.fixed_steps,
+              c.finetune_batch, self.model_config().top_k, c.lengths)
     if stage == "baseline":
-      return self.make_model(question_only=True), c.baseline_steps, c.finetune_batch, 1
-    raise ValueError(f"{stage!r} is not a fine-tuning stage")
+      return (self.make_model(question_only=True, with_vocabulary=v), c.baseline_steps,
+              c.finetune_batch, 1, c.lengths)
+    raise ValueError(f"{stage!r} is not a training stage")
 
   def load_params(self, model, model_dir: str, memory_slots: int, batch: int):
     from murag import checkpoints  # pylint: disable=g-import-not-at-top
@@ -380,8 +425,12 @@ class Demo:
 
   def stage_vocab(self):
     from tasks import vocab  # pylint: disable=g-import-not-at-top
-    v = vocab.build_offline_vocabulary(self.world_dir)
-    return {"vocab_size": v.vocab_size, "path": self.vocab_path}
+    v = vocab.build_offline_vocabulary(self.world_dir, vocab_size=self.cfg.vocab_size)
+    if v.vocab_size > self.model_vocab_size:
+      raise ValueError(f"{self.vocab_path}: {v.vocab_size} ids, more than the model's "
+                       f"{self.model_vocab_size} rows (DemoConfig.vocab_size + extra ids)")
+    return {"vocab_size": v.vocab_size, "model_vocab_size": self.model_vocab_size,
+            "path": self.vocab_path}
 
   def stage_tfds(self):
     from tasks import builders  # pylint: disable=g-import-not-at-top
@@ -399,13 +448,17 @@ class Demo:
     return {"splits": out}
 
   def stage_compile_ahead(self):
-    """Compiles the MuRAG fine-tuning train steps into the persistent compilation cache.
+    """Compiles the MuRAG chain's train programs into the persistent compilation cache.
 
-    Runs in the concurrent process from the start of pre-training, which leaves part of the
-    two cores idle (single-threaded tracing, input start-up, small matrices); the stages then
-    load the compiled programs from `jax_cache/` instead of compiling them on the critical
-    path. The programs are those `train_stage` builds (same model, optimizer schedule, feature
-    shapes and shardings), lowered for abstract inputs; nothing is read or allocated.
+    Runs in the concurrent process from the start: pre-training stage 1's initialiser and
+    train step (stage 2 runs the same step) while the world, vocabulary and TFDS stages keep
+    only one core busy, then the in-batch and fixed-retrieval train steps beside
+    pre-training, which leaves part of the two cores idle (single-threaded tracing, input
+    start-up, small matrices). The stages then load the compiled programs from `jax_cache/`
+    instead of compiling them on the critical path. The programs are those `train_stage`
+    builds (same model, optimizer schedule, feature shapes and shardings), lowered for
+    abstract inputs; nothing is read or allocated, and no earlier stage's output is needed
+    (DemoConfig.vocab_size fixes the vocabulary's rows).
     """
     import jax  # pylint: disable=g-import-not-at-top
     from murag import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -415,49 +468,77 @@ class Demo:
     out = {}
     # Not the baseline: it trains in a concurrent process itself, off the critical path, and
     # compiling its step here as well only competed with that process for the cores.
-    for stage in ("finetune_inbatch", "finetune_fixed"):
-      if os.path.exists(self._marker(stage)):
-        continue
-      model, steps, batch, slots = self.finetune_program(stage)
-      t0 = time.time()
+    stages = [s for s in ("pretrain_stage1", "finetune_inbatch", "finetune_fixed")
+              if not os.path.exists(self._marker(s))]
+    plan = [(s, p) for s in stages
+            for p in (("initialiser",) if s == "pretrain_stage1" else ()) + ("train step",)]
+    os.makedirs(self.path("compile_ahead"), exist_ok=True)
+    for s, p in plan:  # `await_compile_ahead` waits for these
+      _touch(self._ahead_marker(s, p, "planned"))
+    for stage in stages:
+      model, steps, batch, slots, lengths = self.train_program(stage, with_vocabulary=False)
       conv = train_lib.make_feature_converter(model, None, {"memory_slots": slots})
-      shapes, types = train_lib.model_feature_shapes(batch, self.cfg.lengths, conv)
+      shapes, types = train_lib.model_feature_shapes(batch, lengths, conv)
       trainer = trainer_lib.Trainer(model=model, optimizer=self.optimizer(steps),
                                     partitioner=self.partitioner(), input_shapes=shapes,
                                     input_types=types)
-      trainer.lower_train_step().compile()
-      out[stage] = round(time.time() - t0, 1)
-      self.log(f"  compile_ahead: {stage} train step compiled in {out[stage]:.1f}s")
+      # Stage 1 starts from a fresh state; every later stage restores its parameters.
+      programs = [("initialiser", trainer.lower_init_state)] if stage == "pretrain_stage1" else []
+      for name, lower in programs + [("train step", trainer.lower_train_step)]:
+        t0 = time.time()
+        lower().compile()
+        _touch(self._ahead_marker(stage, name, "done"))
+        out[f"{stage} {name}"] = round(time.time() - t0, 1)
+        self.log(f"  compile_ahead: {stage} {name} compiled in {time.time() - t0:.1f}s")
     return {"compile_seconds": out}
+
+  def _ahead_marker(self, stage: str, program: str, state: str) -> str:
+    return self.path("compile_ahead", f"{stage}.{program.replace(' ', '_')}.{state}")
+
+  def await_compile_ahead(self, stage: str, program: str) -> float:
+    """Waits while a running compile_ahead process still has `program` of `stage` to compile.
+
+    Loading its result from the compilation cache afterwards beats compiling the same
+    program a second time beside it (on two cores each compilation would take about as long
+    as the wait). Returns the seconds waited: 0 when the program is compiled, was not
+    planned, or no compile_ahead process of this run is alive.
+    """
+    child = self._children.get("compile_ahead")
+    if child is None:
+      return 0.0
+    proc = child[1]
+    t0 = time.time()
+    logged = False
+    while (os.path.exists(self._ahead_marker(stage, program, "planned"))
+           and not os.path.exists(self._ahead_marker(stage, program, "done"))
+           and proc.poll() is None):
+      if not logged:
+        self.log(f"  {stage}: waiting for compile_ahead's {program}")
+        logged = True
+      time.sleep(0.2)
+    waited = time.time() - t0 if logged else 0.0
+    self._ahead_waits[stage] = self._ahead_waits.get(stage, 0.0) + waited
+    if logged:
+      self.log(f"  {stage}: {program} compiled ahead (waited {waited:.1f}s)")
+    return waited
 
   def stage_pretrain1(self):
     from tasks import mixtures  # pylint: disable=g-import-not-at-top
-    c = self.cfg
-    # Stage 1 never augments generation (captions: M_p = Ø, retrieve = 0), so the reader
-    # needs no room for K retrieved items: top_k = 1 keeps the masked prefix small. top_k is
-    # not a parameter; stage 2 restores the same tree with the configured top_k.
     return self.train_stage("pretrain_stage1", self.path("pretrain_stage1"), mixtures.STAGE1,
-                            c.pretrain1_steps, c.pretrain_batch, 1, None,
-                            self.make_model(top_k=1), lengths=c.pretrain_lengths)
+                            None)
 
   def stage_pretrain2(self):
     from tasks import mixtures  # pylint: disable=g-import-not-at-top
-    c = self.cfg
     return self.train_stage("pretrain_stage2", self.path("pretrain_stage2"), mixtures.STAGE2,
-                            c.pretrain2_steps, c.pretrain_batch, 1,
-                            self.path("pretrain_stage1"), self.make_model(),
-                            lengths=c.pretrain_lengths)
+                            self.path("pretrain_stage1"))
 
   def stage_finetune_inbatch(self):
-    model, steps, batch, slots = self.finetune_program("finetune_inbatch")
     return self.train_stage("finetune_inbatch", self.path("finetune_inbatch"),
-                            "webqa_inbatch_v1", steps, batch, slots,
-                            self.path("pretrain_stage2"), model)
+                            "webqa_inbatch_v1", self.path("pretrain_stage2"))
 
   def stage_baseline(self):
-    model, steps, batch, slots = self.finetune_program("baseline")
     return self.train_stage("baseline", self.path("baseline_qonly"), "webqa_inbatch_v1",
-                            steps, batch, slots, self.path("pretrain_stage2"), model)
+                            self.path("pretrain_stage2"))
 
   def stage_memory(self):
     from murag import build_memory  # pylint: disable=g-import-not-at-top
@@ -475,9 +556,8 @@ class Demo:
     return dict(summary)
 
   def stage_finetune_fixed(self):
-    model, steps, batch, slots = self.finetune_program("finetune_fixed")
     return self.train_stage("finetune_fixed", self.path("finetune_fixed"), "webqa_fixed_v1",
-                            steps, batch, slots, self.path("finetune_inbatch"), model)
+                            self.path("finetune_inbatch"))
 
   def stage_evaluate_baseline(self):
     out = {}

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -104,8 +105,32 @@ def test_stages_flag_checks_the_stages_it_reads(tmp_path):
   assert demo.main([f"--run_dir={d.run_dir}", "--stages=examples"]) == 2
 
 
+def test_a_stage_waits_for_a_program_compile_ahead_is_compiling(tmp_path):
+  d = demo.Demo(str(tmp_path / "run"), demo.DemoConfig())
+  assert d.await_compile_ahead("pretrain_stage1", "train step") == 0.0  # no such process
+  os.makedirs(d.path("compile_ahead"))
+  child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    d._children["compile_ahead"] = ("compile_ahead", child, None, [])
+    open(d._ahead_marker("pretrain_stage1", "train step", "planned"), "w").close()
+    assert d.await_compile_ahead("finetune_fixed", "train step") == 0.0  # not planned
+    done = d._ahead_marker("pretrain_stage1", "train step", "done")
+    threading.Timer(1.0, lambda: open(done, "w").close()).start()
+    waited = d.await_compile_ahead("pretrain_stage1", "train step")
+    assert 0.9 <= waited < 30, waited
+    assert d.await_compile_ahead("pretrain_stage1", "train step") == 0.0  # compiled
+    # A planned program whose process has died is not waited for.
+    open(d._ahead_marker("finetune_inbatch", "train step", "planned"), "w").close()
+    child.kill()
+    child.wait()
+    assert d.await_compile_ahead("finetune_inbatch", "train step") < 1.0
+  finally:
+    child.kill()
+    child.wait()
+
+
 # ------------------------------------------------------------------ the reduced real run
-# It takes 6-7 minutes on an idle 2-core machine, mostly XLA compilation and
+# It takes 4-5 minutes on an idle 2-core machine, mostly XLA compilation and
 # small-matrix training steps. tests/conftest.py starts it in the background (nice 19) as soon
 # as collection has selected the test below, and moves that test to the end of the session, so
 # the run overlaps the rest of the suite; the test then waits for it.
@@ -189,6 +214,10 @@ def test_reduced_demo_murag_beats_question_only_on_image_questions():
   print(f"compile seconds saved by the cache: in-batch {saved('finetune_inbatch')}, fixed "
         f"{saved('finetune_fixed')}")
   assert saved("finetune_fixed") >= 5.0
+  # Pre-training stage 1 waited for compile_ahead's initialiser and train step if needed and
+  # loaded both (compiled while the world, vocabulary and TFDS stages ran).
+  with open(os.path.join(run_dir, "stages", "pretrain_stage1.json")) as f:
+    assert json.load(f)["compilation_cache"]["hits"] >= 2
   assert "Q [color]" in open(os.path.join(run_dir, "examples.txt")).read()
   # A rerun resumes: every stage is skipped and the same table is printed.
   again = subprocess.run(cmd, cwd=REPO, env=_demo_env(), capture_output=True, text=True,
